@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""PyTorch + transformers reference for `rlxf bench`: the same workloads on the same machine.
+
+Each workload runs in its own subprocess so its peak RSS is its own. Prints one JSON object per
+workload on stdout (the format `rlxf bench --reference` reads):
+
+  {"workload": "train", "batch": 4, "seq": 128, "precision": "f32", "tokens_per_s": ..., "seconds_per_step": ..., "peak_rss_mb": ...}
+  {"workload": "generate", "batch": 1, "prompt_len": 32, "new_tokens": 64, "tokens_per_s": ..., "peak_rss_mb": ...}
+
+Model: GPT-Neo-125M shapes (EleutherAI/gpt-neo-125M config), random init, no download.
+Usage: python3 bench/reference_pytorch.py [--threads 2] [--steps 3] [--size 125m|tiny] [--only train|generate]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+
+def gpt_neo_config(size):
+    from transformers import GPTNeoConfig
+
+    if size == "125m":
+        return GPTNeoConfig(
+            vocab_size=50257, max_position_embeddings=2048, hidden_size=768, num_layers=12,
+            attention_types=[[["global", "local"], 6]], num_heads=12, window_size=256,
+            intermediate_size=None, activation_function="gelu_new", bos_token_id=50256,
+            eos_token_id=50256,
+        )
+    # tiny: for checking the script itself quickly
+    return GPTNeoConfig(
+        vocab_size=50257, max_position_embeddings=512, hidden_size=64, num_layers=2,
+        attention_types=[[["global", "local"], 1]], num_heads=4, window_size=32,
+        bos_token_id=50256, eos_token_id=50256,
+    )
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_train(args):
+    import torch
+    from transformers import GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(gpt_neo_config(args.size))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50257, (args.batch, args.seq), generator=generator)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        if args.precision == "bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+        else:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up: allocates optimiser state
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = (time.perf_counter() - start) / args.steps
+    return {
+        "workload": "train", "batch": args.batch, "seq": args.seq, "precision": args.precision,
+        "seconds_per_step": seconds, "tokens_per_s": args.batch * args.seq / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def run_generate(args):
+    import torch
+    from transformers import GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(gpt_neo_config(args.size))
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50257, (args.batch, args.prompt_len), generator=generator)
+    mask = torch.ones_like(ids)
+
+    def generate():
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=False,
+                max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                pad_token_id=50256,
+            )
+        assert out.shape[1] == args.prompt_len + args.new_tokens
+
+    generate()  # warm-up
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        generate()
+    seconds = (time.perf_counter() - start) / args.steps
+    return {
+        "workload": "generate", "batch": args.batch, "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens, "tokens_per_s": args.batch * args.new_tokens / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed repetitions after one warm-up")
+    parser.add_argument("--size", choices=["125m", "tiny"], default="125m")
+    parser.add_argument("--only", choices=["train", "generate"])
+    parser.add_argument("--precisions", default="f32,bf16", help="training precisions to run")
+    # set when this script calls itself for one workload
+    parser.add_argument("--workload", choices=["train", "generate"])
+    parser.add_argument("--batch", type=int)
+    parser.add_argument("--seq", type=int)
+    parser.add_argument("--precision", choices=["f32", "bf16"])
+    parser.add_argument("--prompt-len", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.workload == "train":
+        print(json.dumps(run_train(args)), flush=True)
+        return
+    if args.workload == "generate":
+        print(json.dumps(run_generate(args)), flush=True)
+        return
+
+    runs = []
+    if args.only in (None, "train"):
+        for precision in args.precisions.split(","):
+            for seq in (128, 256):
+                runs.append(["--workload", "train", "--batch", "4", "--seq", str(seq), "--precision", precision])
+    if args.only in (None, "generate"):
+        for batch in (1, 8):
+            runs.append(["--workload", "generate", "--batch", str(batch),
+                         "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)])
+    common = ["--threads", str(args.threads), "--steps", str(args.steps), "--size", args.size]
+    for run in runs:
+        result = subprocess.run([sys.executable, os.path.abspath(__file__), *common, *run],
+                                check=True, stdout=subprocess.PIPE, text=True)
+        sys.stdout.write(result.stdout)
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

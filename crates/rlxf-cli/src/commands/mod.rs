@@ -1,0 +1,26 @@
+//! One module per subcommand group. Commands parse arguments, call the libraries, print results.
+
+pub mod data;
+
+/// Exit code for an error: 2 when the user's input caused it, 1 otherwise.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let bad_input = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<rlxf_data::DataError>()
+            .is_some_and(rlxf_data::DataError::is_bad_input)
+            || cause
+                .downcast_ref::<rlxf_model::ModelError>()
+                .is_some_and(rlxf_model::ModelError::is_bad_input)
+            || cause.downcast_ref::<BadInput>().is_some()
+    });
+    if bad_input {
+        2
+    } else {
+        1
+    }
+}
+
+/// A bad-input error raised by the CLI itself (a flag value that makes no sense, say).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);

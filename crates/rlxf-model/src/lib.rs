@@ -1,0 +1,35 @@
+//! Causal language models for rlxf, on candle.
+//!
+//! One file per architecture (as candle-transformers does); everything else in the project talks to a
+//! model through the [`CausalLm`] trait, so trainers, labelers and evaluators work with any of them.
+
+pub mod causal_lm;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod gpt2;
+pub mod gpt_neo;
+pub mod loading;
+pub mod logprobs;
+pub mod sampling;
+pub mod scalar_head;
+pub mod tokenizer;
+mod transformer_blocks;
+pub mod weights;
+
+pub use causal_lm::{CausalLm, KvCache};
+pub use chat::{ChatTemplate, Role, Turn};
+pub use config::{AttentionKind, Gpt2Config, GptNeoConfig, ModelConfig, SUPPORTED_MODEL_TYPES};
+pub use error::{ModelError, Result};
+pub use generate::{generate, generate_keyed, FinishReason, Generation, GenerationConfig};
+pub use gpt2::Gpt2;
+pub use gpt_neo::GptNeo;
+pub use loading::{build_model, load_pretrained, parameter_spec, DynCausalLm, LoadedModel};
+pub use logprobs::{
+    continuation_logprobs, continuation_logprobs_vec, ContinuationBatch, ContinuationLogProbs,
+    Padding,
+};
+pub use scalar_head::ScalarHead;
+pub use tokenizer::{load_tokenizer, Tokenizer};
+pub use transformer_blocks::Decoder;

@@ -1,0 +1,514 @@
+//! The pieces GPT-2 and GPT-Neo share: learned token and position embeddings, pre-norm blocks
+//! (layer norm, self-attention, layer norm, MLP), the final layer norm and the LM head tied to the
+//! token embedding. The architectures differ only in how attention projects queries, keys and values
+//! ([`QkvProjection`]), whether scores are scaled and whether a layer attends over a sliding window.
+//!
+//! Everything here is built from candle operations that have a backward pass (no fused
+//! `softmax_last_dim` / `layer_norm`), so the same forward serves inference and training.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Init, VarBuilder};
+
+use crate::causal_lm::{CausalLm, KvCache};
+use crate::config::Activation;
+use crate::error::{ModelError, Result};
+
+/// Added to the scores of positions a query must not see. Finite (HF uses `finfo(float32).min` too),
+/// so a row with every position masked (a padding query) gives a uniform softmax instead of NaNs
+/// that would poison gradients.
+const MASKED_SCORE: f32 = f32::MIN;
+
+/// `nn.LayerNorm`, as a differentiable composition.
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    pub(crate) fn new(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(size, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(size, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm_slow(
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps as f32,
+        )?)
+    }
+}
+
+/// How a checkpoint stores a projection's weight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum WeightLayout {
+    /// `nn.Linear`: `[out, in]` (GPT-Neo).
+    OutIn,
+    /// HF `Conv1D`: `[in, out]` (GPT-2).
+    InOut,
+}
+
+/// An affine map `x W + b` whose weight keeps the checkpoint's layout, so saving needs no transposes.
+pub(crate) struct Affine {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    layout: WeightLayout,
+}
+
+impl Affine {
+    pub(crate) fn new(
+        vb: VarBuilder,
+        in_dim: usize,
+        out_dim: usize,
+        with_bias: bool,
+        layout: WeightLayout,
+        stdev: f64,
+    ) -> Result<Self> {
+        let shape = match layout {
+            WeightLayout::OutIn => (out_dim, in_dim),
+            WeightLayout::InOut => (in_dim, out_dim),
+        };
+        let weight = vb.get_with_hints(shape, "weight", Init::Randn { mean: 0.0, stdev })?;
+        let bias = if with_bias {
+            Some(vb.get_with_hints(out_dim, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            weight,
+            bias,
+            layout,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let weight = match self.layout {
+            WeightLayout::OutIn => self.weight.t()?,
+            WeightLayout::InOut => self.weight.clone(),
+        };
+        let output = matmul_last_dim(x, &weight)?;
+        Ok(match &self.bias {
+            Some(bias) => output.broadcast_add(bias)?,
+            None => output,
+        })
+    }
+}
+
+/// `x @ weight` for `x` of any rank, as one 2-D matmul (faster than a broadcast batched matmul).
+pub(crate) fn matmul_last_dim(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let dims = x.dims();
+    let in_dim = *dims.last().expect("matmul input has at least one dimension");
+    let rows = x.elem_count() / in_dim;
+    let output = x.reshape((rows, in_dim))?.matmul(weight)?;
+    let mut out_dims = dims.to_vec();
+    *out_dims.last_mut().expect("non-empty") = output.dim(1)?;
+    Ok(output.reshape(out_dims)?)
+}
+
+/// The feed-forward sublayer: `c_fc`, activation, `c_proj`.
+pub(crate) struct Mlp {
+    c_fc: Affine,
+    c_proj: Affine,
+    activation: Activation,
+}
+
+impl Mlp {
+    /// `c_proj_stdev` differs from the other weights in GPT-2, whose residual projections HF
+    /// initialises with `initializer_range / sqrt(2 * n_layer)`.
+    pub(crate) fn new(
+        vb: VarBuilder,
+        hidden: usize,
+        inner: usize,
+        layout: WeightLayout,
+        activation: Activation,
+        stdev: f64,
+        c_proj_stdev: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            c_fc: Affine::new(vb.pp("c_fc"), hidden, inner, true, layout, stdev)?,
+            c_proj: Affine::new(vb.pp("c_proj"), inner, hidden, true, layout, c_proj_stdev)?,
+            activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let hidden = self.c_fc.forward(x)?;
+        let hidden = match self.activation {
+            Activation::GeluTanh => hidden.gelu()?,
+            Activation::GeluErf => hidden.gelu_erf()?,
+        };
+        self.c_proj.forward(&hidden)
+    }
+}
+
+/// How an architecture turns hidden states into queries, keys and values, and merges heads back.
+pub(crate) trait QkvProjection {
+    /// `[batch, seq, hidden]` to three `[batch, seq, hidden]` tensors.
+    fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)>;
+    /// The output projection.
+    fn output(&self, x: &Tensor) -> Result<Tensor>;
+}
+
+/// Multi-head causal self-attention over the projections `P`.
+pub(crate) struct SelfAttention<P> {
+    projections: P,
+    num_heads: usize,
+    head_dim: usize,
+    /// Factor applied to `q k^T`; `None` for GPT-Neo, which does not scale.
+    scale: Option<f64>,
+    /// Sliding-window size for local layers; `None` for global attention.
+    window: Option<usize>,
+}
+
+impl<P: QkvProjection> SelfAttention<P> {
+    pub(crate) fn new(
+        projections: P,
+        hidden: usize,
+        num_heads: usize,
+        scale: Option<f64>,
+        window: Option<usize>,
+    ) -> Self {
+        Self {
+            projections,
+            num_heads,
+            head_dim: hidden / num_heads,
+            scale,
+            window,
+        }
+    }
+
+    /// `mask` is additive, `[batch or 1, 1, seq, past + seq]`, and already combines the causal,
+    /// window and padding masks.
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let (batch, seq, hidden) = x.dims3()?;
+        let (query, key, value) = self.projections.qkv(x)?;
+        let split_heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((batch, seq, self.num_heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let (query, mut key, mut value) =
+            (split_heads(query)?, split_heads(key)?, split_heads(value)?);
+        if let Some((cache, layer)) = cache {
+            if let Some((past_key, past_value)) = cache.layer(layer) {
+                key = Tensor::cat(&[past_key, &key], 2)?;
+                value = Tensor::cat(&[past_value, &value], 2)?;
+            }
+            cache.set_layer(layer, key.clone(), value.clone());
+        }
+        // Like HF, compute scores and softmax in at least f32 even for half-precision weights.
+        let score_dtype = score_dtype(value.dtype());
+        let mut scores = query
+            .to_dtype(score_dtype)?
+            .matmul(&key.to_dtype(score_dtype)?.t()?)?;
+        if let Some(scale) = self.scale {
+            scores = (scores * scale)?;
+        }
+        let scores = scores.broadcast_add(mask)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(value.dtype())?;
+        let merged = probs
+            .matmul(&value)?
+            .transpose(1, 2)?
+            .reshape((batch, seq, hidden))?;
+        self.projections.output(&merged)
+    }
+}
+
+fn score_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    }
+}
+
+/// A pre-norm transformer block.
+pub(crate) struct Block<P> {
+    ln_1: LayerNorm,
+    attn: SelfAttention<P>,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl<P: QkvProjection> Block<P> {
+    /// Reads `ln_1` and `ln_2` from `vb`; the architecture builds the attention and MLP.
+    pub(crate) fn new(
+        vb: &VarBuilder,
+        hidden: usize,
+        eps: f64,
+        attn: SelfAttention<P>,
+        mlp: Mlp,
+    ) -> Result<Self> {
+        Ok(Self {
+            ln_1: LayerNorm::new(hidden, eps, vb.pp("ln_1"))?,
+            attn,
+            ln_2: LayerNorm::new(hidden, eps, vb.pp("ln_2"))?,
+            mlp,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        cache: Option<(&mut KvCache, usize)>,
+    ) -> Result<Tensor> {
+        let x = (self.attn.forward(&self.ln_1.forward(x)?, mask, cache)? + x)?;
+        let mlp_out = self.mlp.forward(&self.ln_2.forward(&x)?)?;
+        Ok((x + mlp_out)?)
+    }
+}
+
+/// Sizes the embedding and final norm need.
+pub(crate) struct DecoderDims {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub max_positions: usize,
+    pub layer_norm_epsilon: f64,
+    pub initializer_range: f64,
+}
+
+/// Key of a cached causal mask: query length, key length, window, dtype.
+type MaskKey = (usize, usize, Option<usize>, DType);
+
+/// A GPT-style decoder: `transformer.{wte, wpe, h.N, ln_f}` plus the tied LM head.
+/// [`crate::GptNeo`] and [`crate::Gpt2`] are this type with their attention projections.
+pub struct Decoder<P> {
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block<P>>,
+    ln_f: LayerNorm,
+    hidden_size: usize,
+    device: Device,
+    /// Causal (and sliding-window) masks by shape: generation asks for the same shapes every step.
+    causal_masks: Mutex<HashMap<MaskKey, Tensor>>,
+}
+
+impl<P: QkvProjection> Decoder<P> {
+    /// `vb` is the model root; `build_block(layer, vb_of_layer)` builds `transformer.h.{layer}`.
+    pub(crate) fn new(
+        vb: VarBuilder,
+        dims: &DecoderDims,
+        num_layers: usize,
+        mut build_block: impl FnMut(usize, VarBuilder) -> Result<Block<P>>,
+    ) -> Result<Self> {
+        let vb = vb.pp("transformer");
+        let embedding_init = Init::Randn {
+            mean: 0.0,
+            stdev: dims.initializer_range,
+        };
+        let wte = vb.get_with_hints(
+            (dims.vocab_size, dims.hidden_size),
+            "wte.weight",
+            embedding_init,
+        )?;
+        let wpe = vb.get_with_hints(
+            (dims.max_positions, dims.hidden_size),
+            "wpe.weight",
+            embedding_init,
+        )?;
+        let blocks = (0..num_layers)
+            .map(|layer| build_block(layer, vb.pp(format!("h.{layer}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(dims.hidden_size, dims.layer_norm_epsilon, vb.pp("ln_f"))?;
+        Ok(Self {
+            device: wte.device().clone(),
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            hidden_size: dims.hidden_size,
+            causal_masks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// `[1, 1, seq, past + seq]`: 0 where query `i` (absolute slot `past + i`) may see key `j`,
+    /// [`MASKED_SCORE`] elsewhere. Matches HF's `bias` buffer (`tril`, and for local layers
+    /// `tril ^ tril(.., -window)`): a local query sees itself and the `window - 1` slots before it.
+    fn causal_mask(
+        &self,
+        seq: usize,
+        total: usize,
+        window: Option<usize>,
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let key = (seq, total, window, dtype);
+        let mut masks = self.causal_masks.lock().expect("mask cache lock");
+        if let Some(mask) = masks.get(&key) {
+            return Ok(mask.clone());
+        }
+        let past = total - seq;
+        let values: Vec<f32> = (0..seq)
+            .flat_map(|i| {
+                let query_slot = past + i;
+                (0..total).map(move |key_slot| {
+                    let causal = key_slot <= query_slot;
+                    let in_window = window.is_none_or(|w| query_slot - key_slot < w);
+                    if causal && in_window {
+                        0.0
+                    } else {
+                        MASKED_SCORE
+                    }
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(values, (1, 1, seq, total), &self.device)?.to_dtype(dtype)?;
+        masks.insert(key, mask.clone());
+        Ok(mask)
+    }
+
+    /// Positions for the new tokens, `cumsum(mask) - 1` with padding clamped to 0 (HF `generate`),
+    /// or `past..past + seq` without a mask.
+    fn positions(
+        &self,
+        batch: usize,
+        seq: usize,
+        past: usize,
+        padding: Option<&[Vec<u32>]>,
+    ) -> Result<Tensor> {
+        let positions: Vec<u32> = match padding {
+            Some(rows) => rows
+                .iter()
+                .flat_map(|row| {
+                    let mut seen = 0u32;
+                    let cumulative: Vec<u32> = row
+                        .iter()
+                        .map(|&real| {
+                            seen += u32::from(real != 0);
+                            seen.saturating_sub(1)
+                        })
+                        .collect();
+                    cumulative.into_iter().skip(past)
+                })
+                .collect(),
+            None => (0..batch)
+                .flat_map(|_| (past..past + seq).map(|p| p as u32))
+                .collect(),
+        };
+        Ok(Tensor::from_vec(positions, (batch, seq), &self.device)?)
+    }
+
+    fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let rows = table.index_select(&ids.flatten_all()?, 0)?;
+        Ok(rows.reshape((batch, seq, table.dim(1)?))?)
+    }
+
+    fn run(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (batch, seq) = input_ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |cache| cache.seq_len());
+        let total = past + seq;
+        let max_positions = self.wpe.dim(0)?;
+        if total > max_positions {
+            return Err(ModelError::SequenceTooLong {
+                length: total,
+                max_positions,
+            });
+        }
+        if let Some(cache) = &cache {
+            if cache.num_layers() != self.blocks.len() {
+                return Err(ModelError::InvalidInput(format!(
+                    "KV cache has {} layers, the model {}",
+                    cache.num_layers(),
+                    self.blocks.len()
+                )));
+            }
+        }
+        let padding = match attention_mask {
+            Some(mask) => {
+                if mask.dims() != [batch, total] {
+                    return Err(ModelError::InvalidInput(format!(
+                        "attention mask has shape {:?}, expected [batch, past + seq] = [{batch}, {total}]",
+                        mask.dims()
+                    )));
+                }
+                Some(mask.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+            }
+            None => None,
+        };
+        let positions = self.positions(batch, seq, past, padding.as_deref())?;
+        let mut hidden =
+            (Self::embed(&self.wte, input_ids)? + Self::embed(&self.wpe, &positions)?)?;
+
+        let dtype = score_dtype(hidden.dtype());
+        let padding_mask = match &padding {
+            Some(rows) => {
+                let values: Vec<f32> = rows
+                    .iter()
+                    .flatten()
+                    .map(|&real| if real != 0 { 0.0 } else { MASKED_SCORE })
+                    .collect();
+                Some(Tensor::from_vec(values, (batch, 1, 1, total), &self.device)?.to_dtype(dtype)?)
+            }
+            None => None,
+        };
+        let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let window = block.attn.window;
+            if !masks.contains_key(&window) {
+                let causal = self.causal_mask(seq, total, window, dtype)?;
+                // The minimum, not the sum: two masked values added would overflow to -inf.
+                let combined = match &padding_mask {
+                    Some(padding_mask) => causal.broadcast_minimum(padding_mask)?,
+                    None => causal,
+                };
+                masks.insert(window, combined);
+            }
+            let layer_cache = cache.as_deref_mut().map(|cache| (cache, layer));
+            hidden = block.forward(&hidden, &masks[&window], layer_cache)?;
+        }
+        self.ln_f.forward(&hidden)
+    }
+}
+
+impl<P: QkvProjection> CausalLm for Decoder<P> {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.wte.dims()[0]
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.hidden_size
+    }
+
+    fn num_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn max_context(&self) -> usize {
+        self.wpe.dims()[0]
+    }
+
+    fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.run(input_ids, attention_mask, cache)
+    }
+
+    fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
+        matmul_last_dim(hidden, &self.wte.t()?)
+    }
+}
