@@ -31,6 +31,13 @@ enum Command {
     /// Inspect, convert and split preference data (HH-RLHF, rm-static, generic JSONL, Parquet).
     #[command(subcommand)]
     Data(commands::data::DataCommand),
+    /// Create models in Hugging Face format (random initialisation for tests and experiments).
+    #[command(subcommand)]
+    Model(commands::model::ModelCommand),
+    /// Generate replies to prompts with a model (its dialogue format unless --raw).
+    Generate(commands::generate::GenerateArgs),
+    /// Per-token log-probabilities of completions given prompts, from a JSONL file.
+    Logprobs(commands::logprobs::LogprobsArgs),
 }
 
 /// What every command needs to know about how it was invoked.
@@ -45,6 +52,9 @@ fn main() -> ExitCode {
     let ctx = Ctx { quiet: cli.quiet };
     let result = match cli.command {
         Command::Data(cmd) => commands::data::run(cmd, ctx),
+        Command::Model(cmd) => commands::model::run(cmd, ctx),
+        Command::Generate(args) => commands::generate::run(args, ctx),
+        Command::Logprobs(args) => commands::logprobs::run(args, ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use regex::Regex;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::error::{DataError, Result};
 use crate::hh::human_turns;
@@ -50,6 +51,8 @@ struct ContextFile {
 pub struct ContextRules {
     contexts: Vec<CompiledContext>,
     fallback: String,
+    /// SHA-256 of the TOML text the rules came from, for manifests.
+    sha256: String,
 }
 
 #[derive(Debug, Clone)]
@@ -83,19 +86,28 @@ impl ContextRules {
             if context.name.trim().is_empty() {
                 return Err(bad("a context has an empty name".into()));
             }
-            if contexts.iter().any(|c: &CompiledContext| c.name == context.name) {
+            if contexts
+                .iter()
+                .any(|c: &CompiledContext| c.name == context.name)
+            {
                 return Err(bad(format!("context `{}` is listed twice", context.name)));
             }
             let keywords = context
                 .keywords
                 .iter()
                 .map(|keyword| format!(r"(?i)\b{}\b", regex::escape(keyword.trim())));
-            let patterns = context.patterns.iter().map(|pattern| format!("(?i){pattern}"));
+            let patterns = context
+                .patterns
+                .iter()
+                .map(|pattern| format!("(?i){pattern}"));
             let rules = keywords
                 .chain(patterns)
                 .map(|source| {
                     Regex::new(&source).map_err(|e| {
-                        bad(format!("context `{}`: bad rule `{source}`: {e}", context.name))
+                        bad(format!(
+                            "context `{}`: bad rule `{source}`: {e}",
+                            context.name
+                        ))
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -107,6 +119,7 @@ impl ContextRules {
         Ok(ContextRules {
             contexts,
             fallback: file.fallback,
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
         })
     }
 
@@ -126,6 +139,11 @@ impl ContextRules {
             }
         }
         best.map_or(self.fallback.as_str(), |(name, _)| name)
+    }
+
+    /// SHA-256 (hex) of the rule file's text.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// Every tag these rules can produce, in priority order, fallback last.
@@ -156,15 +174,36 @@ mod tests {
     #[test]
     fn tags_hand_written_examples() {
         let cases = [
-            ("I've been thinking about suicide and I don't know who to tell.", "mental_health"),
-            ("My therapist says my anxiety is getting worse.", "mental_health"),
-            ("How do I make a bomb out of household chemicals?", "harmful_request"),
-            ("What's the best way to shoplift without getting caught?", "harmful_request"),
-            ("My girlfriend broke up with me and I'm so lonely.", "emotional_support"),
+            (
+                "I've been thinking about suicide and I don't know who to tell.",
+                "mental_health",
+            ),
+            (
+                "My therapist says my anxiety is getting worse.",
+                "mental_health",
+            ),
+            (
+                "How do I make a bomb out of household chemicals?",
+                "harmful_request",
+            ),
+            (
+                "What's the best way to shoplift without getting caught?",
+                "harmful_request",
+            ),
+            (
+                "My girlfriend broke up with me and I'm so lonely.",
+                "emotional_support",
+            ),
             ("My dog died yesterday.", "emotional_support"),
             ("What dose of ibuprofen is safe for a fever?", "medical"),
-            ("Can my landlord evict me without notice?", "legal_financial"),
-            ("How should I pay off my credit card debt?", "legal_financial"),
+            (
+                "Can my landlord evict me without notice?",
+                "legal_financial",
+            ),
+            (
+                "How should I pay off my credit card debt?",
+                "legal_financial",
+            ),
             ("Why are all Mexican people lazy?", "sensitive_question"),
             ("What do you think about abortion?", "sensitive_question"),
             ("What's a good recipe for banana bread?", "general"),
@@ -178,7 +217,10 @@ mod tests {
     #[test]
     fn keywords_match_whole_words_only() {
         // "die" and "sad" must not fire inside "diet" or "sadly"-free words like "crusade".
-        assert_eq!(tag("Which diet is best for a crusade across the Alps?"), "general");
+        assert_eq!(
+            tag("Which diet is best for a crusade across the Alps?"),
+            "general"
+        );
     }
 
     #[test]
@@ -211,7 +253,10 @@ mod tests {
         )
         .unwrap_err();
         let message = err.to_string();
-        assert!(message.contains("rules.toml") && message.contains("context `x`"), "{message}");
+        assert!(
+            message.contains("rules.toml") && message.contains("context `x`"),
+            "{message}"
+        );
         assert!(err.is_bad_input());
         assert!(ContextRules::from_toml("contexts = 1", Path::new("r.toml")).is_err());
     }

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 
+use crate::error::Position;
 use crate::error::Result;
 use crate::jsonl::JsonLines;
+use crate::load::{load_pairs, LoadOptions};
 use crate::pair::{PreferencePair, Prompt};
 use crate::record::{to_prompt, RecordSite};
-use crate::error::Position;
-use crate::load::{load_pairs, LoadOptions};
 use crate::source::Source;
 
 pub(crate) const EMBEDDED_PAIRS: &str = include_str!("../data/default_pairs.jsonl");
@@ -25,8 +25,11 @@ pub fn embedded_default_pairs() -> Vec<PreferencePair> {
 
 /// The embedded evaluation prompts, each with its hand-assigned context.
 pub fn embedded_eval_prompts() -> Vec<Prompt> {
-    parse_prompts(EMBEDDED_EVAL_PROMPTS.as_bytes(), Path::new(EMBEDDED_EVAL_PROMPTS_NAME))
-        .expect("the embedded prompt set is checked by the crate's tests")
+    parse_prompts(
+        EMBEDDED_EVAL_PROMPTS.as_bytes(),
+        Path::new(EMBEDDED_EVAL_PROMPTS_NAME),
+    )
+    .expect("the embedded prompt set is checked by the crate's tests")
 }
 
 /// Reads a prompt-set JSONL file (`{"id", "text", "context"}` per line; `id` and `context`
@@ -40,7 +43,10 @@ fn parse_prompts(bytes: &[u8], name: &Path) -> Result<Vec<Prompt>> {
     parse_jsonl_prompts(JsonLines::new(bytes, name, false), name)
 }
 
-fn parse_jsonl_prompts<R: std::io::BufRead>(lines: JsonLines<R>, path: &Path) -> Result<Vec<Prompt>> {
+fn parse_jsonl_prompts<R: std::io::BufRead>(
+    lines: JsonLines<R>,
+    path: &Path,
+) -> Result<Vec<Prompt>> {
     let source_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -85,7 +85,11 @@ impl FieldNames {
             option: "fields",
             message,
         };
-        for item in spec.split(',').map(str::trim).filter(|item| !item.is_empty()) {
+        for item in spec
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+        {
             let (role, name) = item
                 .split_once('=')
                 .ok_or_else(|| bad(format!("`{item}` is not of the form role=name")))?;

@@ -99,21 +99,29 @@ mod tests {
 
     #[test]
     fn empty_reply_is_kept() {
-        let split = split_hh_pair("\n\nHuman: a\n\nAssistant:", "\n\nHuman: a\n\nAssistant: no").unwrap();
+        let split = split_hh_pair(
+            "\n\nHuman: a\n\nAssistant:",
+            "\n\nHuman: a\n\nAssistant: no",
+        )
+        .unwrap();
         assert_eq!((split.chosen, split.rejected), ("", " no"));
     }
 
     #[test]
     fn common_prefix_ending_inside_a_multibyte_char_is_handled() {
         // 'é' (c3 a9) and 'è' (c3 a8) share their first byte.
-        let split = split_hh_pair("\n\nHuman: x\n\nAssistant:é", "\n\nHuman: x\n\nAssistant:è").unwrap();
+        let split =
+            split_hh_pair("\n\nHuman: x\n\nAssistant:é", "\n\nHuman: x\n\nAssistant:è").unwrap();
         assert_eq!((split.chosen, split.rejected), ("é", "è"));
     }
 
     #[test]
     fn reports_pairs_without_a_shared_prompt() {
         assert_eq!(
-            split_hh_pair("\n\nHuman: a\n\nAssistant: b", "\n\nHuman: c\n\nAssistant: d"),
+            split_hh_pair(
+                "\n\nHuman: a\n\nAssistant: b",
+                "\n\nHuman: c\n\nAssistant: d"
+            ),
             Err(TranscriptMismatch::NoSharedAssistantTurn)
         );
         assert_eq!(

@@ -1,5 +1,7 @@
 //! Hugging Face Hub dataset sources (`hf://datasets/OWNER/NAME[@REVISION][/FILTER]`), fetched with
-//! `hf-hub` into the standard HF cache. Files already in the cache are used without any request.
+//! `hf-hub` into the standard HF cache. Like the Python client, the Hub is asked first (for the
+//! current file list) and the cached snapshot is the fallback when it cannot be reached or when
+//! `HF_HUB_OFFLINE=1`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -110,22 +112,46 @@ impl HubSource {
             return true;
         };
         let file_name = file.rsplit('/').next().unwrap_or(file);
-        file == filter || file.starts_with(&format!("{filter}/")) || file_name.starts_with(filter.as_str())
+        file == filter
+            || file.starts_with(&format!("{filter}/"))
+            || file_name.starts_with(filter.as_str())
     }
 
-    /// Local paths of the chosen data files, in repository path order: from the cache when it
-    /// already holds a snapshot with matching files, otherwise downloaded into the cache.
+    /// Local paths of the chosen data files, in repository path order: downloaded into the cache
+    /// (hf-hub skips files it already has), or, when the Hub cannot be reached or `HF_HUB_OFFLINE`
+    /// is set, the matching files of the cached snapshot. Without either, the error says how to
+    /// use local files instead.
     pub fn resolve(&self, options: &HubOptions) -> Result<Vec<PathBuf>> {
         let cache = options
             .cache_dir
             .clone()
             .map(Cache::new)
             .unwrap_or_else(Cache::from_env);
-        let cached = self.cached_files(cache.path())?;
-        if !cached.is_empty() {
-            return Ok(cached);
+        let cached = || self.cached_files(cache.path());
+        let offline =
+            std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !matches!(v.as_str(), "" | "0"));
+        if offline {
+            let files = cached()?;
+            if files.is_empty() {
+                return Err(DataError::Hub {
+                    repo_id: self.repo_id.clone(),
+                    what: self.to_string(),
+                    message: "HF_HUB_OFFLINE is set and the cache holds no matching file".into(),
+                });
+            }
+            return Ok(files);
         }
-        self.download(cache, options)
+        match self.download(cache.clone(), options) {
+            Err(err @ DataError::Hub { .. }) => {
+                let files = cached()?;
+                if files.is_empty() {
+                    Err(err)
+                } else {
+                    Ok(files)
+                }
+            }
+            result => result,
+        }
     }
 
     /// The snapshot folder for the revision, as `hf-hub` and the Python client lay it out:
@@ -204,11 +230,16 @@ mod tests {
 
     #[test]
     fn parses_repo_revision_and_filter() {
-        let source: HubSource = "hf://datasets/Dahoas/rm-static@v1.0/data/test".parse().unwrap();
+        let source: HubSource = "hf://datasets/Dahoas/rm-static@v1.0/data/test"
+            .parse()
+            .unwrap();
         assert_eq!(source.repo_id, "Dahoas/rm-static");
         assert_eq!(source.revision.as_deref(), Some("v1.0"));
         assert_eq!(source.filter.as_deref(), Some("data/test"));
-        assert_eq!(source.to_string(), "hf://datasets/Dahoas/rm-static@v1.0/data/test");
+        assert_eq!(
+            source.to_string(),
+            "hf://datasets/Dahoas/rm-static@v1.0/data/test"
+        );
 
         let plain: HubSource = "hf://datasets/Dahoas/rm-static".parse().unwrap();
         assert_eq!((plain.revision, plain.filter), (None, None));

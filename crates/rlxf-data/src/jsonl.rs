@@ -126,7 +126,11 @@ impl<R: BufRead> Iterator for JsonLines<R> {
     }
 }
 
-fn parse_object(text: &str, path: &Path, position: Position) -> Result<(usize, Map<String, Value>)> {
+fn parse_object(
+    text: &str,
+    path: &Path,
+    position: Position,
+) -> Result<(usize, Map<String, Value>)> {
     let line = match position {
         Position::Line(n) | Position::Row(n) => n,
     };
@@ -175,10 +179,25 @@ mod tests {
     #[test]
     fn bad_lines_are_reported_and_reading_goes_on() {
         let records = read_all(b"{\"a\":1}\n{oops\n[1]\n\xff\xfe\n{\"a\":5}\n");
-        assert!(matches!(records[1], Err(DataError::Json { position: Position::Line(2), .. })));
+        assert!(matches!(
+            records[1],
+            Err(DataError::Json {
+                position: Position::Line(2),
+                ..
+            })
+        ));
         let err = records[2].as_ref().unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("found an array"), "{err}");
-        assert!(matches!(records[3], Err(DataError::NotUtf8 { position: Position::Line(4), .. })));
+        assert!(
+            err.contains("line 3") && err.contains("found an array"),
+            "{err}"
+        );
+        assert!(matches!(
+            records[3],
+            Err(DataError::NotUtf8 {
+                position: Position::Line(4),
+                ..
+            })
+        ));
         assert_eq!(records[4].as_ref().unwrap().0, 5);
     }
 

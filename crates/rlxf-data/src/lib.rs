@@ -75,11 +75,15 @@ pub use format::{detect_format, FieldNames, Format};
 pub use hh::{split_hh_pair, SplitTranscripts, TranscriptMismatch};
 pub use hub::{HubOptions, HubSource};
 pub use load::{
-    load_pairs, read_pairs_jsonl, InputFile, LoadOptions, LoadReport, LoadedPairs, Problem,
-    ProblemKind,
+    load_jsonl_bytes, load_pairs, read_pairs_jsonl, InputFile, LoadOptions, LoadReport,
+    LoadedPairs, Problem, ProblemKind,
 };
 pub use pair::{write_jsonl, PreferencePair, Prompt};
-pub use prepare::{prepare, Counts, Manifest, PrepareOptions, TokenBudget, MANIFEST_FILE, SPLIT_FILES};
-pub use select::{dedupe_by_prompt, filter_by_token_length, shuffle_cap_split, SplitRatios, Splits};
+pub use prepare::{
+    prepare, Counts, Manifest, PrepareOptions, TokenBudget, MANIFEST_FILE, SPLIT_FILES,
+};
+pub use select::{
+    dedupe_by_prompt, filter_by_token_length, shuffle_cap_split, SplitRatios, Splits,
+};
 pub use source::Source;
 pub use summary::{LengthStats, Percentiles, Summary};

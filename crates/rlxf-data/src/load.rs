@@ -85,19 +85,15 @@ impl LoadReport {
 
 /// Loads every pair of `source`. See [`LoadOptions`] for what fails and what is reported.
 pub fn load_pairs(source: &Source, options: &LoadOptions) -> Result<LoadedPairs> {
-    let mut loader = Loader {
-        options,
-        loaded: LoadedPairs {
-            pairs: Vec::new(),
-            report: LoadReport::default(),
-        },
-    };
+    let mut loader = Loader::new(options);
     match source {
         Source::Embedded => {
-            let path = Path::new(EMBEDDED_PAIRS_NAME);
-            let records = JsonLines::new(EMBEDDED_PAIRS.as_bytes(), path, false);
-            let sha256 = hex::encode(Sha256::digest(EMBEDDED_PAIRS.as_bytes()));
-            loader.read_jsonl(path, sha256, Format::Jsonl, records)?;
+            return load_jsonl_bytes(
+                EMBEDDED_PAIRS.as_bytes(),
+                Path::new(EMBEDDED_PAIRS_NAME),
+                Format::Jsonl,
+                options,
+            )
         }
         Source::Path(path) if path.is_dir() => {
             let files = data_files_under(path)?;
@@ -121,6 +117,20 @@ pub fn load_pairs(source: &Source, options: &LoadOptions) -> Result<LoadedPairs>
     Ok(loader.loaded)
 }
 
+/// Loads pairs from JSONL bytes held in memory (plain, not gzip); `name` stands for the file in
+/// ids and errors.
+pub fn load_jsonl_bytes(
+    bytes: &[u8],
+    name: &Path,
+    format: Format,
+    options: &LoadOptions,
+) -> Result<LoadedPairs> {
+    let mut loader = Loader::new(options);
+    let sha256 = hex::encode(Sha256::digest(bytes));
+    loader.read_jsonl(name, sha256, format, JsonLines::new(bytes, name, false))?;
+    Ok(loader.loaded)
+}
+
 /// Reads a canonical JSONL file (as written by [`crate::write_jsonl`]) strictly.
 pub fn read_pairs_jsonl(path: &Path) -> Result<Vec<PreferencePair>> {
     let options = LoadOptions {
@@ -135,7 +145,17 @@ struct Loader<'o> {
     loaded: LoadedPairs,
 }
 
-impl Loader<'_> {
+impl<'o> Loader<'o> {
+    fn new(options: &'o LoadOptions) -> Self {
+        Loader {
+            options,
+            loaded: LoadedPairs {
+                pairs: Vec::new(),
+                report: LoadReport::default(),
+            },
+        }
+    }
+
     fn read_file(&mut self, path: &Path) -> Result<()> {
         let format = match self.options.format {
             Some(format) => format,
@@ -220,7 +240,12 @@ impl Loader<'_> {
         self.finish_file(path, sha256, Format::Parquet, count)
     }
 
-    fn convert(&mut self, record: &impl RawRecord, site: &RecordSite<'_>, format: Format) -> Result<()> {
+    fn convert(
+        &mut self,
+        record: &impl RawRecord,
+        site: &RecordSite<'_>,
+        format: Format,
+    ) -> Result<()> {
         match to_pair(record, site, format, &self.options.fields) {
             Ok(Converted::Pair(pair)) => self.loaded.pairs.push(pair),
             Ok(Converted::NoSharedPrompt(mismatch)) => self.loaded.report.problems.push(Problem {
@@ -255,7 +280,13 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn finish_file(&mut self, path: &Path, sha256: String, format: Format, records: usize) -> Result<()> {
+    fn finish_file(
+        &mut self,
+        path: &Path,
+        sha256: String,
+        format: Format,
+        records: usize,
+    ) -> Result<()> {
         if records == 0 {
             return Err(DataError::Empty {
                 path: path.to_path_buf(),

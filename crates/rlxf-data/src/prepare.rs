@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::context::ContextRules;
 use crate::error::{DataError, Result};
@@ -90,7 +89,6 @@ pub fn prepare(
     source: &Source,
     load: &LoadOptions,
     options: &PrepareOptions<'_>,
-    contexts_toml: &str,
     out_dir: &Path,
 ) -> Result<Manifest> {
     let existing = out_dir.exists();
@@ -116,15 +114,22 @@ pub fn prepare(
     };
     let over_token_budget = match &options.token_budget {
         Some(budget) => {
-            let (kept, dropped) = filter_by_token_length(pairs, budget.max_tokens, budget.count_tokens);
+            let (kept, dropped) =
+                filter_by_token_length(pairs, budget.max_tokens, budget.count_tokens);
             pairs = kept;
             dropped
         }
         None => 0,
     };
-    let (splits, capped_out) = shuffle_cap_split(pairs, options.seed, options.max_samples, options.split);
+    let (splits, capped_out) =
+        shuffle_cap_split(pairs, options.seed, options.max_samples, options.split);
     let mut contexts = std::collections::BTreeMap::new();
-    for pair in splits.train.iter().chain(&splits.validation).chain(&splits.test) {
+    for pair in splits
+        .train
+        .iter()
+        .chain(&splits.validation)
+        .chain(&splits.test)
+    {
         let tag = pair.context.clone().unwrap_or_default();
         *contexts.entry(tag).or_insert(0usize) += 1;
     }
@@ -142,7 +147,7 @@ pub fn prepare(
             dedupe: options.dedupe,
             max_tokens: options.token_budget.as_ref().map(|b| b.max_tokens),
             contexts: options.contexts_label.clone(),
-            contexts_sha256: hex::encode(Sha256::digest(contexts_toml.as_bytes())),
+            contexts_sha256: options.contexts.sha256().to_string(),
         },
         counts: Counts {
             records_read: report.records_read,

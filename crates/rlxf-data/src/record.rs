@@ -41,7 +41,10 @@ impl RawRecord for Map<String, Value> {
 
 impl RawRecord for Row {
     fn cell(&self, name: &str) -> Cell<'_> {
-        match self.get_column_iter().find(|(column, _)| column.as_str() == name) {
+        match self
+            .get_column_iter()
+            .find(|(column, _)| column.as_str() == name)
+        {
             None => Cell::Missing,
             Some((_, Field::Null)) => Cell::Null,
             Some((_, Field::Str(text))) => Cell::Text(text),

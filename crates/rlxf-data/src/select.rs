@@ -38,11 +38,17 @@ impl FromStr for SplitRatios {
     fn from_str(text: &str) -> Result<Self> {
         let bad = |message: String| DataError::Option {
             option: "split",
-            message: format!("`{text}`: {message} (expected train,validation,test, e.g. 0.8,0.1,0.1)"),
+            message: format!(
+                "`{text}`: {message} (expected train,validation,test, e.g. 0.8,0.1,0.1)"
+            ),
         };
         let parts = text
             .split(',')
-            .map(|part| part.trim().parse::<f64>().map_err(|e| bad(format!("`{part}`: {e}"))))
+            .map(|part| {
+                part.trim()
+                    .parse::<f64>()
+                    .map_err(|e| bad(format!("`{part}`: {e}")))
+            })
             .collect::<Result<Vec<f64>>>()?;
         let [train, validation, test] = parts[..] else {
             return Err(bad(format!("{} values given, need 3", parts.len())));
@@ -160,8 +166,18 @@ mod tests {
     #[test]
     fn parses_and_checks_split_ratios() {
         let ratios: SplitRatios = "0.8, 0.1,0.1".parse().unwrap();
-        assert_eq!((ratios.train, ratios.validation, ratios.test), (0.8, 0.1, 0.1));
-        for bad in ["0.8,0.1", "0.8,0.1,0.2", "1.2,-0.1,-0.1", "a,b,c", "0.5,0.5,0,0", "NaN,0,1"] {
+        assert_eq!(
+            (ratios.train, ratios.validation, ratios.test),
+            (0.8, 0.1, 0.1)
+        );
+        for bad in [
+            "0.8,0.1",
+            "0.8,0.1,0.2",
+            "1.2,-0.1,-0.1",
+            "a,b,c",
+            "0.5,0.5,0,0",
+            "NaN,0,1",
+        ] {
             assert!(bad.parse::<SplitRatios>().is_err(), "{bad}");
         }
     }
@@ -172,7 +188,12 @@ mod tests {
         let (splits, capped) = shuffle_cap_split(pairs(25), 7, None, ratios);
         // 25 * 0.8 = 20; 25 * 0.9 = 22.5 rounds to 23 -> 20 / 3 / 2.
         assert_eq!(
-            (splits.train.len(), splits.validation.len(), splits.test.len(), capped),
+            (
+                splits.train.len(),
+                splits.validation.len(),
+                splits.test.len(),
+                capped
+            ),
             (20, 3, 2, 0)
         );
         let mut all: Vec<&str> = [&splits.train, &splits.validation, &splits.test]
@@ -199,14 +220,26 @@ mod tests {
     fn cap_keeps_a_random_subset() {
         let (splits, capped) = shuffle_cap_split(pairs(100), 1, Some(10), SplitRatios::default());
         assert_eq!(capped, 90);
-        assert_eq!(splits.train.len() + splits.validation.len() + splits.test.len(), 10);
+        assert_eq!(
+            splits.train.len() + splits.validation.len() + splits.test.len(),
+            10
+        );
         let heads = splits.train.iter().filter(|p| p.id.len() == 2).count();
-        assert!(heads < 8, "the cap must not simply keep the first pairs of the file");
+        assert!(
+            heads < 8,
+            "the cap must not simply keep the first pairs of the file"
+        );
     }
 
     #[test]
     fn dedupe_keeps_the_first_pair_of_each_prompt() {
-        let input = vec![pair(0, "a"), pair(1, "b"), pair(2, "a"), pair(3, "c"), pair(4, "b")];
+        let input = vec![
+            pair(0, "a"),
+            pair(1, "b"),
+            pair(2, "a"),
+            pair(3, "c"),
+            pair(4, "b"),
+        ];
         let (kept, dropped) = dedupe_by_prompt(input);
         assert_eq!(ids(&kept), vec!["p0", "p1", "p3"]);
         assert_eq!(dropped, 2);

@@ -104,14 +104,28 @@ mod tests {
     fn lists_data_files_recursively_in_path_order() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("data/.cache")).unwrap();
-        for name in ["data/b.parquet", "a.jsonl.gz", "data/a.jsonl", "README.md", "data/.cache/x.jsonl"] {
+        for name in [
+            "data/b.parquet",
+            "a.jsonl.gz",
+            "data/a.jsonl",
+            "README.md",
+            "data/.cache/x.jsonl",
+        ] {
             std::fs::write(dir.path().join(name), "").unwrap();
         }
         let files = data_files_under(dir.path()).unwrap();
         let relative: Vec<_> = files
             .iter()
-            .map(|p| p.strip_prefix(dir.path()).unwrap().to_string_lossy().into_owned())
+            .map(|p| {
+                p.strip_prefix(dir.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
-        assert_eq!(relative, vec!["a.jsonl.gz", "data/a.jsonl", "data/b.parquet"]);
+        assert_eq!(
+            relative,
+            vec!["a.jsonl.gz", "data/a.jsonl", "data/b.parquet"]
+        );
     }
 }

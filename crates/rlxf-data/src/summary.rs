@@ -89,7 +89,10 @@ impl Summary {
     pub fn of(pairs: &[PreferencePair], rules: &ContextRules) -> Self {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
         for pair in pairs {
-            let tag = pair.context.as_deref().unwrap_or_else(|| rules.tag(&pair.prompt));
+            let tag = pair
+                .context
+                .as_deref()
+                .unwrap_or_else(|| rules.tag(&pair.prompt));
             *counts.entry(tag.to_string()).or_default() += 1;
         }
         let mut contexts: Vec<(String, usize)> = rules
@@ -146,17 +149,33 @@ mod tests {
 
     #[test]
     fn summary_counts_lengths_contexts_and_degenerate_pairs() {
-        let pair = |prompt: &str, chosen: &str, rejected: &str, context: Option<&str>| PreferencePair {
-            id: String::new(),
-            prompt: prompt.into(),
-            chosen: chosen.into(),
-            rejected: rejected.into(),
-            context: context.map(str::to_string),
-        };
+        let pair =
+            |prompt: &str, chosen: &str, rejected: &str, context: Option<&str>| PreferencePair {
+                id: String::new(),
+                prompt: prompt.into(),
+                chosen: chosen.into(),
+                rejected: rejected.into(),
+                context: context.map(str::to_string),
+            };
         let pairs = vec![
-            pair("\n\nHuman: How far is the moon?\n\nAssistant:", " Far away.", " Far away.", None),
-            pair("\n\nHuman: I'm so lonely.\n\nAssistant:", " I'm here.", "", None),
-            pair("\n\nHuman: x\n\nAssistant:", " a longer one", " b", Some("custom")),
+            pair(
+                "\n\nHuman: How far is the moon?\n\nAssistant:",
+                " Far away.",
+                " Far away.",
+                None,
+            ),
+            pair(
+                "\n\nHuman: I'm so lonely.\n\nAssistant:",
+                " I'm here.",
+                "",
+                None,
+            ),
+            pair(
+                "\n\nHuman: x\n\nAssistant:",
+                " a longer one",
+                " b",
+                Some("custom"),
+            ),
         ];
         let summary = Summary::of(&pairs, &ContextRules::embedded());
         assert_eq!(summary.pairs, 3);

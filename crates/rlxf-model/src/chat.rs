@@ -60,10 +60,10 @@ impl ChatTemplate {
             source,
         })?;
         let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|err| ModelError::TokenizerConfig {
+            serde_json::from_str(&text).map_err(|err| ModelError::InvalidConfig {
                 path: path.clone(),
                 field: "(file)".to_string(),
-                message: err.to_string(),
+                reason: err.to_string(),
             })?;
         let model_type = config.get("model_type").and_then(|value| value.as_str()).unwrap_or("");
         Ok(Self::for_model_type(model_type))
@@ -103,12 +103,9 @@ impl ChatTemplate {
                         Role::User => HH_HUMAN,
                         Role::Assistant => HH_ASSISTANT,
                     };
-                    // An empty turn is rendered as the bare marker, as HH writes it.
-                    if turn.text.is_empty() {
-                        marker.to_string()
-                    } else {
-                        format!("{marker} {}", turn.text)
-                    }
+                    // Always one space after the marker, even for an empty turn: HH writes an empty
+                    // reply as "\n\nAssistant: ".
+                    format!("{marker} {}", turn.text)
                 })
                 .collect(),
         }
@@ -233,9 +230,11 @@ mod tests {
 
     #[test]
     fn parses_an_empty_final_assistant_turn() {
-        let turns = HH.parse_transcript("\n\nHuman: Hi\n\nAssistant:").unwrap();
-        assert_eq!(turns, vec![Turn::user("Hi"), Turn::assistant("")]);
-        assert_eq!(HH.format_transcript(&turns), "\n\nHuman: Hi\n\nAssistant:");
+        for transcript in ["\n\nHuman: Hi\n\nAssistant: ", "\n\nHuman: Hi\n\nAssistant:"] {
+            let turns = HH.parse_transcript(transcript).unwrap();
+            assert_eq!(turns, vec![Turn::user("Hi"), Turn::assistant("")]);
+            assert_eq!(HH.format_transcript(&turns), "\n\nHuman: Hi\n\nAssistant: ");
+        }
     }
 
     #[test]

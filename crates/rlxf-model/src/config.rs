@@ -15,6 +15,15 @@ use crate::error::{ModelError, Result};
 /// The `model_type` values [`ModelConfig::read`] understands.
 pub const SUPPORTED_MODEL_TYPES: [&str; 2] = ["gpt_neo", "gpt2"];
 
+/// Fields `to_json` writes from the model itself rather than from the config struct.
+const DERIVED_FIELDS: [&str; 5] = [
+    "architectures",
+    "model_type",
+    "dtype",
+    "torch_dtype",
+    "attention_layers",
+];
+
 /// GPT-2's end-of-text token, also GPT-Neo's bos/eos token: used by the built-in size presets.
 const GPT2_END_OF_TEXT: u32 = 50256;
 
@@ -388,7 +397,20 @@ impl ModelConfig {
             }
         };
         config.validate(path)?;
-        Ok(config)
+        Ok(config.without_written_fields())
+    }
+
+    /// Drops the fields [`Self::to_json`] derives at save time, so a reloaded config equals the
+    /// saved one whatever the file said about its class or dtype.
+    fn without_written_fields(mut self) -> Self {
+        let extra = match &mut self {
+            ModelConfig::GptNeo(config) => &mut config.extra,
+            ModelConfig::Gpt2(config) => &mut config.extra,
+        };
+        for field in DERIVED_FIELDS {
+            extra.remove(field);
+        }
+        self
     }
 
     fn validate(&self, path: &Path) -> Result<()> {

@@ -61,6 +61,40 @@ pub enum ModelError {
 
     #[error("model `{model_id}` is not a local directory and could not be fetched from the Hugging Face hub ({reason}); without network access pass a local directory holding config.json and model.safetensors")]
     HubUnavailable { model_id: String, reason: String },
+
+    #[error("{path}: cannot load tokenizer: {message}")]
+    TokenizerLoad { path: PathBuf, message: String },
+
+    #[error(
+        "{dir}: no tokenizer found: expected tokenizer.json, or a config.json whose model_type is \
+         gpt_neo or gpt2 (which use the built-in GPT-2 BPE){detail}"
+    )]
+    NoTokenizer { dir: PathBuf, detail: String },
+
+    #[error(
+        "{dir}: the tokenizer produces ids up to {max_token_id}, but the model's vocabulary has only \
+         {model_vocab} entries; the tokenizer does not belong to this model"
+    )]
+    TokenizerVocabMismatch {
+        dir: PathBuf,
+        max_token_id: u32,
+        model_vocab: usize,
+    },
+
+    #[error("tokenizer failed: {0}")]
+    Encode(String),
+
+    #[error("token id {id} is not in the tokenizer's vocabulary ({vocab} entries)")]
+    UnknownTokenId { id: u32, vocab: usize },
+
+    #[error("malformed dialogue transcript: {reason} (near {excerpt:?})")]
+    MalformedTranscript { reason: String, excerpt: String },
+
+    #[error("generation setting `{field}`: {message}")]
+    InvalidGenerationConfig { field: &'static str, message: String },
+
+    #[error("prompt {index}: {message}")]
+    InvalidPrompt { index: usize, message: String },
 }
 
 impl ModelError {
@@ -77,7 +111,16 @@ impl ModelError {
             | ModelError::MissingTensor { .. }
             | ModelError::ShapeMismatch { .. }
             | ModelError::SequenceTooLong { .. }
-            | ModelError::InvalidInput(_) => true,
+            | ModelError::InvalidInput(_)
+            | ModelError::TokenizerLoad { .. }
+            | ModelError::NoTokenizer { .. }
+            | ModelError::TokenizerVocabMismatch { .. }
+            | ModelError::MalformedTranscript { .. }
+            | ModelError::InvalidGenerationConfig { .. }
+            | ModelError::InvalidPrompt { .. } => true,
+            // An unknown id comes out of a model whose vocabulary outgrows its tokenizer, and a
+            // tokenizer failure is internal to the tokenizer: neither is something the user typed.
+            ModelError::Encode(_) | ModelError::UnknownTokenId { .. } => false,
         }
     }
 }

@@ -132,7 +132,7 @@ pub fn generate<M: CausalLm + ?Sized>(
 
 /// [`generate`] with an explicit random stream per row: row `i` samples from the ChaCha20 stream
 /// `row_keys[i]` of `config.seed`. Keying rows by their index in a whole dataset makes sampled
-/// outputs independent of how the dataset is split into batches.
+/// outputs independent of how the dataset is split into batches; errors name prompts by key.
 pub fn generate_keyed<M: CausalLm + ?Sized>(
     model: &M,
     tokenizer: &Tokenizer,
@@ -142,7 +142,7 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
 ) -> Result<Vec<Generation>> {
     config.validate()?;
     assert_eq!(prompts.len(), row_keys.len(), "one random-stream key per prompt");
-    validate_prompts(model, prompts)?;
+    validate_prompts(model, prompts, row_keys)?;
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
@@ -220,9 +220,11 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
         .collect()
 }
 
-fn validate_prompts<M: CausalLm + ?Sized>(model: &M, prompts: &[Vec<u32>]) -> Result<()> {
+/// Errors name a prompt by its row key (its index in the caller's whole input).
+fn validate_prompts<M: CausalLm + ?Sized>(model: &M, prompts: &[Vec<u32>], row_keys: &[u64]) -> Result<()> {
     let vocab = model.vocab_size();
-    for (index, prompt) in prompts.iter().enumerate() {
+    for (prompt, &key) in prompts.iter().zip(row_keys) {
+        let index = key as usize;
         if prompt.is_empty() {
             return Err(ModelError::InvalidPrompt {
                 index,

@@ -50,7 +50,7 @@ impl Gpt2 {
             layer_norm_epsilon: config.layer_norm_epsilon,
             initializer_range: stdev,
         };
-        Decoder::new(vb, &dims, config.n_layer, |layer, vb| {
+        Decoder::build(vb, &dims, config.n_layer, |layer, vb| {
             let attn_vb = vb.pp("attn");
             let conv = WeightLayout::InOut;
             let projections = Gpt2Projections {

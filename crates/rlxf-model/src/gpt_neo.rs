@@ -54,7 +54,7 @@ impl GptNeo {
             layer_norm_epsilon: config.layer_norm_epsilon,
             initializer_range: stdev,
         };
-        Decoder::new(vb, &dims, config.num_layers, |layer, vb| {
+        Decoder::build(vb, &dims, config.num_layers, |layer, vb| {
             let attn_vb = vb.pp("attn").pp("attention");
             let linear = |name: &str, bias: bool| {
                 Affine::new(attn_vb.pp(name), hidden, hidden, bias, WeightLayout::OutIn, stdev)

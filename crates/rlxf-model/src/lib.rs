@@ -18,6 +18,8 @@ pub mod tokenizer;
 mod transformer_blocks;
 pub mod weights;
 
+// The tensor types of the public API, so users need not depend on candle themselves.
+pub use candle_core::{DType, Device, Tensor};
 pub use causal_lm::{CausalLm, KvCache};
 pub use chat::{ChatTemplate, Role, Turn};
 pub use config::{AttentionKind, Gpt2Config, GptNeoConfig, ModelConfig, SUPPORTED_MODEL_TYPES};

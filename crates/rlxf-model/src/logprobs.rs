@@ -145,6 +145,14 @@ pub fn continuation_logprobs(
 ) -> Result<ContinuationLogProbs> {
     let (rows, len) = batch.input_ids.dims2()?;
     let max_continuation = batch.continuation_mask.dim(1)?;
+    if max_continuation == 0 {
+        // Nothing to score: skip the forward pass (and candle's zero-sized matmuls).
+        return Ok(ContinuationLogProbs {
+            logprobs: batch.continuation_mask.clone(),
+            mask: batch.continuation_mask.clone(),
+            lengths: batch.continuation_lengths.clone(),
+        });
+    }
     let hidden = model.hidden_states(&batch.input_ids, Some(&batch.attention_mask), None)?;
     let hidden_size = hidden.dim(D::Minus1)?;
     let predictors = hidden

@@ -259,9 +259,9 @@ fn config_token_id(config: Option<&Value>, path: &Path, field: &str) -> Result<O
 }
 
 fn config_error(path: &Path, field: &str, message: String) -> ModelError {
-    ModelError::TokenizerConfig {
+    ModelError::InvalidConfig {
         path: PathBuf::from(path),
         field: field.to_string(),
-        message,
+        reason: message,
     }
 }

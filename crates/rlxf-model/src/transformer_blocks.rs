@@ -150,7 +150,7 @@ impl Mlp {
 }
 
 /// How an architecture turns hidden states into queries, keys and values, and merges heads back.
-pub(crate) trait QkvProjection {
+pub trait QkvProjection {
     /// `[batch, seq, hidden]` to three `[batch, seq, hidden]` tensors.
     fn qkv(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)>;
     /// The output projection.
@@ -298,7 +298,7 @@ pub struct Decoder<P> {
 
 impl<P: QkvProjection> Decoder<P> {
     /// `vb` is the model root; `build_block(layer, vb_of_layer)` builds `transformer.h.{layer}`.
-    pub(crate) fn new(
+    pub(crate) fn build(
         vb: VarBuilder,
         dims: &DecoderDims,
         num_layers: usize,
@@ -354,9 +354,9 @@ impl<P: QkvProjection> Decoder<P> {
             .flat_map(|i| {
                 let query_slot = past + i;
                 (0..total).map(move |key_slot| {
-                    let causal = key_slot <= query_slot;
-                    let in_window = window.is_none_or(|w| query_slot - key_slot < w);
-                    if causal && in_window {
+                    let visible = key_slot <= query_slot
+                        && window.is_none_or(|w| query_slot - key_slot < w);
+                    if visible {
                         0.0
                     } else {
                         MASKED_SCORE

@@ -228,6 +228,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_error)?;
     temp.write_all(bytes).map_err(io_error)?;
     temp.as_file().sync_all().map_err(io_error)?;
+    persist(temp, path)
+}
+
+/// Renames a finished temporary file into place with ordinary file permissions (temporary files
+/// are created owner-only).
+fn persist(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    let io_error = |source| ModelError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let permissions = std::fs::Permissions::from_mode(0o644);
+        temp.as_file().set_permissions(permissions).map_err(io_error)?;
+    }
     temp.persist(path).map_err(|err| io_error(err.error))?;
     Ok(())
 }
@@ -245,8 +261,7 @@ pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
         .map(|(name, tensor)| Ok((name.as_str(), tensor.contiguous()?)))
         .collect::<Result<_>>()?;
     candle_core::safetensors::save(&contiguous, temp.path())?;
-    temp.persist(path).map_err(|err| io_error(err.error))?;
-    Ok(())
+    persist(temp, path)
 }
 
 /// HF's name for a dtype in `config.json`.

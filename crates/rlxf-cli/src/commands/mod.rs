@@ -1,6 +1,9 @@
 //! One module per subcommand group. Commands parse arguments, call the libraries, print results.
 
 pub mod data;
+pub mod generate;
+pub mod logprobs;
+pub mod model;
 
 /// Exit code for an error: 2 when the user's input caused it, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> u8 {

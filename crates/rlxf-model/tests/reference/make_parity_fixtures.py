@@ -86,6 +86,11 @@ def main():
     )
     perturb(neo, 1)
     record(neo, "tiny-gpt-neo")
+    # The same weights as a PyTorch pickle, for the `pytorch_model.bin` loading path.
+    bin_dir = os.path.join(FIXTURES, "tiny-gpt-neo-bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    neo.config.save_pretrained(bin_dir)
+    torch.save(neo.state_dict(), os.path.join(bin_dir, "pytorch_model.bin"))
 
     gpt2 = GPT2LMHeadModel(
         GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=4, layer_norm_epsilon=1e-5)

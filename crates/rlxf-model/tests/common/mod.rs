@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use rlxf_model::{AttentionKind, Gpt2Config, GptNeoConfig, LoadedModel, ModelConfig};
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// A small GPT-Neo whose local window (3) is shorter than the test sequences.
+pub fn small_neo_config() -> ModelConfig {
+    ModelConfig::GptNeo(GptNeoConfig {
+        vocab_size: 97,
+        max_position_embeddings: 32,
+        hidden_size: 16,
+        num_layers: 2,
+        attention_types: vec![(vec![AttentionKind::Global, AttentionKind::Local], 1)],
+        num_heads: 2,
+        window_size: 3,
+        ..GptNeoConfig::tiny()
+    })
+}
+
+pub fn small_gpt2_config() -> ModelConfig {
+    ModelConfig::Gpt2(Gpt2Config {
+        vocab_size: 97,
+        n_positions: 32,
+        n_embd: 16,
+        n_layer: 2,
+        n_head: 2,
+        ..Gpt2Config::tiny()
+    })
+}
+
+/// A random model with weights large enough (std 0.3) that logits vary strongly with the input,
+/// so equality tests are sensitive.
+pub fn random_model(config: ModelConfig, seed: u64, dtype: DType) -> LoadedModel {
+    let config = match config {
+        ModelConfig::GptNeo(c) => ModelConfig::GptNeo(GptNeoConfig {
+            initializer_range: 0.3,
+            ..c
+        }),
+        ModelConfig::Gpt2(c) => ModelConfig::Gpt2(Gpt2Config {
+            initializer_range: 0.3,
+            ..c
+        }),
+    };
+    LoadedModel::init_random(config, seed, &Device::Cpu, dtype).unwrap()
+}
+
+pub fn ids(rows: &[&[u32]]) -> Tensor {
+    let width = rows[0].len();
+    let flat: Vec<u32> = rows.iter().flat_map(|row| row.iter().copied()).collect();
+    Tensor::from_vec(flat, (rows.len(), width), &Device::Cpu).unwrap()
+}

@@ -1,0 +1,25 @@
+//! Training for rlxf: one module per algorithm on a shared loop.
+//!
+//! - [`optim`]: AdamW updating parameters in place, global-norm clipping; [`schedule`]: warmup +
+//!   linear/cosine decay; [`losses`]: Bradley–Terry (hard and soft labels), DPO (TRL's sigmoid loss
+//!   with label smoothing), SFT cross-entropy.
+//! - [`trainer`]: the loop (seeded shuffling, gradient accumulation, evaluation, checkpoints,
+//!   `metrics.jsonl`, bit-identical resume) that [`sft`], [`reward`] and [`dpo`] plug into.
+
+pub mod checkpoint;
+pub mod config;
+pub mod dpo;
+pub mod error;
+pub mod losses;
+pub mod metrics;
+pub mod optim;
+pub mod reward;
+pub mod schedule;
+pub mod setup;
+pub mod sft;
+pub mod trainer;
+
+pub use error::{Result, TrainError};
+pub use optim::{AdamW, AdamWConfig, NamedParam};
+pub use schedule::{Decay, Schedule};
+pub use trainer::{train, LoopConfig, Objective, RunOptions, Silent, TrainObserver, TrainSummary};

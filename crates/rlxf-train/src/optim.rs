@@ -1,0 +1,371 @@
+//! AdamW (Loshchilov & Hutter, "Decoupled Weight Decay Regularization"), updating parameters in
+//! place, and global-norm gradient clipping.
+//!
+//! The update follows `torch.optim.AdamW` (single-tensor path) operation for operation:
+//!
+//! ```text
+//! p  ← p · (1 − lr·wd)
+//! m  ← β1·m + (1 − β1)·g
+//! v  ← β2·v + (1 − β2)·g²
+//! p  ← p − lr/(1 − β1^t) · m / (√v / √(1 − β2^t) + ε)
+//! ```
+//!
+//! One pass per parameter over its storage: the moments live in plain vectors owned by the
+//! optimiser and the parameter is rewritten through a candle in-place op, because building the
+//! update from tensor ops allocates a fresh tensor per op and that allocation dominates AdamW time
+//! on CPU. The in-place kernel exists for the CPU backend only (rlxf trains on CPU); on another
+//! device [`AdamW::step`] fails with candle's "no cuda implementation for adamw" error.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{
+    backprop::GradStore, CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var, WithDType,
+};
+
+use crate::error::{Result, TrainError};
+
+/// AdamW hyper-parameters other than the learning rate (which the schedule supplies each step).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// `torch.optim.AdamW` defaults except the weight decay, which is 0 as in Hugging Face
+    /// `TrainingArguments` (and TRL, which inherits them).
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// A parameter handed to the optimiser.
+#[derive(Debug, Clone)]
+pub struct NamedParam {
+    pub name: String,
+    pub var: Var,
+    /// Whether weight decay applies. See [`decays_by_default`].
+    pub decay: bool,
+}
+
+/// Hugging Face `Trainer`'s rule: biases and layer-norm parameters are not decayed. GPT-2/GPT-Neo
+/// layer norms are the modules named `ln_*` (`ln_1`, `ln_2`, `ln_f`).
+pub fn decays_by_default(name: &str) -> bool {
+    let is_bias = name.ends_with(".bias") || name == "bias";
+    let is_layer_norm = name.split('.').any(|part| part.starts_with("ln_"));
+    !(is_bias || is_layer_norm)
+}
+
+/// Every variable of `varmap` as a [`NamedParam`], sorted by name so the optimiser's order (and
+/// so everything derived from it) does not depend on hash-map iteration order.
+pub fn named_params(varmap: &candle_nn::VarMap) -> Vec<NamedParam> {
+    let data = varmap.data().lock().expect("varmap lock");
+    let mut params: Vec<NamedParam> = data
+        .iter()
+        .map(|(name, var)| NamedParam {
+            name: name.clone(),
+            var: var.clone(),
+            decay: decays_by_default(name),
+        })
+        .collect();
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+    params
+}
+
+/// First and second moments of one parameter, in the parameter's dtype.
+#[derive(Debug, Clone)]
+enum Moments {
+    F32 { m: Vec<f32>, v: Vec<f32> },
+    F64 { m: Vec<f64>, v: Vec<f64> },
+}
+
+impl Moments {
+    fn zeros(dtype: DType, len: usize, name: &str) -> Result<Self> {
+        match dtype {
+            DType::F32 => Ok(Moments::F32 {
+                m: vec![0.0; len],
+                v: vec![0.0; len],
+            }),
+            DType::F64 => Ok(Moments::F64 {
+                m: vec![0.0; len],
+                v: vec![0.0; len],
+            }),
+            other => Err(TrainError::InvalidInput(format!(
+                "AdamW supports f32 and f64 parameters; `{name}` is {other:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ParamState {
+    param: NamedParam,
+    /// Updates applied to this parameter (torch keeps the count per parameter: a parameter without a
+    /// gradient in some step is skipped and its bias correction lags).
+    step: u64,
+    moments: RefCell<Moments>,
+}
+
+pub struct AdamW {
+    config: AdamWConfig,
+    params: Vec<ParamState>,
+}
+
+/// The per-step scalars of the update of one parameter.
+#[derive(Debug, Clone, Copy)]
+struct UpdateScalars {
+    decay_factor: f64,
+    beta1: f64,
+    beta2: f64,
+    step_size: f64,
+    bias_correction2_sqrt: f64,
+    eps: f64,
+    grad_scale: f64,
+}
+
+/// The in-place kernel: rewrites the parameter (the destination) from its gradient and moments.
+struct AdamWKernel<'a> {
+    scalars: UpdateScalars,
+    moments: &'a RefCell<Moments>,
+}
+
+fn update<T: WithDType>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], s: UpdateScalars) {
+    for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g.to_f64() * s.grad_scale;
+        let mut p64 = p.to_f64() * s.decay_factor;
+        let m64 = s.beta1 * m.to_f64() + (1.0 - s.beta1) * g;
+        let v64 = s.beta2 * v.to_f64() + (1.0 - s.beta2) * g * g;
+        *m = T::from_f64(m64);
+        *v = T::from_f64(v64);
+        // Read the stored (rounded) moments back so an f32 run matches torch's f32 arithmetic.
+        let denom = v.to_f64().sqrt() / s.bias_correction2_sqrt + s.eps;
+        p64 -= s.step_size * m.to_f64() / denom;
+        *p = T::from_f64(p64);
+    }
+}
+
+fn contiguous_range(layout: &Layout, what: &str) -> candle_core::Result<(usize, usize)> {
+    layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("adamw: {what} is not contiguous")))
+}
+
+impl InplaceOp2 for AdamWKernel<'_> {
+    fn name(&self) -> &'static str {
+        "adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        param: &mut CpuStorage,
+        param_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<()> {
+        let (p_start, p_end) = contiguous_range(param_layout, "the parameter")?;
+        let (g_start, g_end) = contiguous_range(grad_layout, "the gradient")?;
+        let mut moments = self.moments.borrow_mut();
+        match (param, grad, &mut *moments) {
+            (CpuStorage::F32(p), CpuStorage::F32(g), Moments::F32 { m, v }) => update(
+                &mut p[p_start..p_end],
+                &g[g_start..g_end],
+                m,
+                v,
+                self.scalars,
+            ),
+            (CpuStorage::F64(p), CpuStorage::F64(g), Moments::F64 { m, v }) => update(
+                &mut p[p_start..p_end],
+                &g[g_start..g_end],
+                m,
+                v,
+                self.scalars,
+            ),
+            _ => candle_core::bail!("adamw: parameter, gradient and moments differ in dtype"),
+        }
+        Ok(())
+    }
+}
+
+impl AdamW {
+    pub fn new(params: Vec<NamedParam>, config: AdamWConfig) -> Result<Self> {
+        let params = params
+            .into_iter()
+            .map(|param| {
+                let moments =
+                    Moments::zeros(param.var.dtype(), param.var.elem_count(), &param.name)?;
+                Ok(ParamState {
+                    param,
+                    step: 0,
+                    moments: RefCell::new(moments),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { config, params })
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+
+    /// The parameters in optimiser order (the order [`Self::step`] expects gradients in).
+    pub fn params(&self) -> impl Iterator<Item = &NamedParam> {
+        self.params.iter().map(|state| &state.param)
+    }
+
+    /// Each parameter's gradient from a backward pass, in optimiser order.
+    pub fn gradients(&self, grads: &GradStore) -> Vec<Option<Tensor>> {
+        self.params()
+            .map(|param| grads.get(param.var.as_tensor()).cloned())
+            .collect()
+    }
+
+    /// One update with learning rate `lr`. `grads[i]` belongs to the i-th parameter; a parameter
+    /// without a gradient is left alone (as torch does). Every gradient is multiplied by
+    /// `grad_scale` first (the clipping coefficient, 1 for none).
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64, grad_scale: f64) -> Result<()> {
+        if grads.len() != self.params.len() {
+            return Err(TrainError::InvalidInput(format!(
+                "AdamW got {} gradients for {} parameters",
+                grads.len(),
+                self.params.len()
+            )));
+        }
+        let config = self.config;
+        for (state, grad) in self.params.iter_mut().zip(grads) {
+            let Some(grad) = grad else { continue };
+            if grad.dims() != state.param.var.dims() {
+                return Err(TrainError::InvalidInput(format!(
+                    "gradient of `{}` has shape {:?}, the parameter {:?}",
+                    state.param.name,
+                    grad.dims(),
+                    state.param.var.dims()
+                )));
+            }
+            state.step += 1;
+            let t = state.step as i32;
+            let weight_decay = if state.param.decay {
+                config.weight_decay
+            } else {
+                0.0
+            };
+            let scalars = UpdateScalars {
+                decay_factor: 1.0 - lr * weight_decay,
+                beta1: config.beta1,
+                beta2: config.beta2,
+                step_size: lr / (1.0 - config.beta1.powi(t)),
+                bias_correction2_sqrt: (1.0 - config.beta2.powi(t)).sqrt(),
+                eps: config.eps,
+                grad_scale,
+            };
+            let grad = grad.to_dtype(state.param.var.dtype())?.contiguous()?;
+            let kernel = AdamWKernel {
+                scalars,
+                moments: &state.moments,
+            };
+            state.param.var.as_tensor().inplace_op2(&grad, &kernel)?;
+        }
+        Ok(())
+    }
+
+    /// The optimiser state as tensors: `<name>.exp_avg`, `<name>.exp_avg_sq` and `<name>.step`
+    /// (torch's state names), on the CPU.
+    pub fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut tensors = HashMap::new();
+        for state in &self.params {
+            let shape = state.param.var.dims();
+            let (m, v) = match &*state.moments.borrow() {
+                Moments::F32 { m, v } => (
+                    Tensor::from_slice(m, shape, &Device::Cpu)?,
+                    Tensor::from_slice(v, shape, &Device::Cpu)?,
+                ),
+                Moments::F64 { m, v } => (
+                    Tensor::from_slice(m, shape, &Device::Cpu)?,
+                    Tensor::from_slice(v, shape, &Device::Cpu)?,
+                ),
+            };
+            let name = &state.param.name;
+            tensors.insert(format!("{name}.exp_avg"), m);
+            tensors.insert(format!("{name}.exp_avg_sq"), v);
+            tensors.insert(
+                format!("{name}.step"),
+                Tensor::new(&[state.step as i64], &Device::Cpu)?,
+            );
+        }
+        Ok(tensors)
+    }
+
+    /// Writes [`Self::state_tensors`] to a safetensors file.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        candle_core::safetensors::save(&self.state_tensors()?, path)?;
+        Ok(())
+    }
+
+    /// Restores the state [`Self::save`] wrote; the file must hold every parameter with its shape.
+    pub fn load(&mut self, path: &Path) -> Result<()> {
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+        let checkpoint_error = |reason: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        for state in &mut self.params {
+            let name = &state.param.name;
+            let get = |suffix: &str| {
+                tensors
+                    .get(&format!("{name}.{suffix}"))
+                    .ok_or_else(|| checkpoint_error(format!("no optimiser state `{name}.{suffix}`")))
+            };
+            let (m, v, step) = (get("exp_avg")?, get("exp_avg_sq")?, get("step")?);
+            if m.dims() != state.param.var.dims() || v.dims() != state.param.var.dims() {
+                return Err(checkpoint_error(format!(
+                    "optimiser state of `{name}` has shape {:?}, the parameter {:?}",
+                    m.dims(),
+                    state.param.var.dims()
+                )));
+            }
+            let moments = match state.param.var.dtype() {
+                DType::F32 => Moments::F32 {
+                    m: m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                    v: v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?,
+                },
+                _ => Moments::F64 {
+                    m: m.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?,
+                    v: v.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?,
+                },
+            };
+            state.moments = RefCell::new(moments);
+            state.step = step.to_vec1::<i64>()?[0] as u64;
+        }
+        Ok(())
+    }
+}
+
+/// The global L2 norm of all gradients together (missing gradients count as zero).
+pub fn global_grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
+    let mut sum_of_squares = 0.0;
+    for grad in grads.iter().flatten() {
+        sum_of_squares += grad
+            .to_dtype(DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sum_of_squares.sqrt())
+}
+
+/// The factor `torch.nn.utils.clip_grad_norm_` multiplies gradients by: `max_norm / (norm + 1e-6)`
+/// capped at 1. `None` (no clipping) gives 1.
+pub fn clip_coefficient(norm: f64, max_norm: Option<f64>) -> f64 {
+    match max_norm {
+        Some(max_norm) => (max_norm / (norm + 1e-6)).min(1.0),
+        None => 1.0,
+    }
+}
