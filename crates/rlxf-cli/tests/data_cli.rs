@@ -202,6 +202,35 @@ fn prepare_is_byte_identical_for_a_seed() {
 }
 
 #[test]
+fn prepare_drops_pairs_over_the_token_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |prompt: &str| {
+        format!("{{\"prompt\": \"{prompt}\", \"chosen\": \" yes\", \"rejected\": \" no\"}}\n")
+    };
+    // GPT-2 BPE: "Hi" + " yes" is 2 tokens; the long prompt is 200 tokens on its own.
+    let text = format!("{}{}", line("Hi"), line(&" hello".repeat(200)));
+    let input = write(dir.path(), "pairs.jsonl", text.as_bytes());
+    let out = dir.path().join("out");
+    let output = rlxf(&[
+        "data",
+        "prepare",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-tokens",
+        "16",
+        "--split",
+        "1,0,0",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["counts"]["over_token_budget"], 1);
+    assert_eq!(manifest["counts"]["train"], 1);
+    assert_eq!(manifest["options"]["max_tokens"], 16);
+}
+
+#[test]
 fn bad_flags_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use regex::Regex;
+use regex::RegexSet;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -58,7 +58,8 @@ pub struct ContextRules {
 #[derive(Debug, Clone)]
 struct CompiledContext {
     name: String,
-    rules: Vec<Regex>,
+    /// One pattern per keyword or regex rule; a set reports which of them match in one pass.
+    rules: RegexSet,
 }
 
 impl ContextRules {
@@ -100,17 +101,20 @@ impl ContextRules {
                 .patterns
                 .iter()
                 .map(|pattern| format!("(?i){pattern}"));
-            let rules = keywords
-                .chain(patterns)
-                .map(|source| {
-                    Regex::new(&source).map_err(|e| {
-                        bad(format!(
-                            "context `{}`: bad rule `{source}`: {e}",
-                            context.name
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let sources: Vec<String> = keywords.chain(patterns).collect();
+            let rules = RegexSet::new(&sources).map_err(|set_error| {
+                // Name the rule at fault: the set's own error does not say which one it is.
+                let culprit = sources.iter().find_map(|source| {
+                    regex::Regex::new(source)
+                        .err()
+                        .map(|e| format!("bad rule `{source}`: {e}"))
+                });
+                bad(format!(
+                    "context `{}`: {}",
+                    context.name,
+                    culprit.unwrap_or_else(|| set_error.to_string())
+                ))
+            })?;
             contexts.push(CompiledContext {
                 name: context.name,
                 rules,
@@ -128,11 +132,13 @@ impl ContextRules {
         let turns = human_turns(prompt);
         let mut best: Option<(&str, usize)> = None;
         for context in &self.contexts {
-            let score = context
-                .rules
-                .iter()
-                .filter(|rule| turns.iter().any(|turn| rule.is_match(turn)))
-                .count();
+            let mut matched = vec![false; context.rules.len()];
+            for turn in &turns {
+                for rule in context.rules.matches(turn).iter() {
+                    matched[rule] = true;
+                }
+            }
+            let score = matched.iter().filter(|&&m| m).count();
             // Strictly greater: on a tie the earlier (higher-priority) context stays.
             if score > 0 && best.is_none_or(|(_, best_score)| score > best_score) {
                 best = Some((&context.name, score));
@@ -160,8 +166,8 @@ impl ContextRules {
 mod tests {
     use super::*;
 
-    fn tag(prompt: &str) -> String {
-        ContextRules::embedded()
+    fn tag(rules: &ContextRules, prompt: &str) -> String {
+        rules
             .tag(&format!("\n\nHuman: {prompt}\n\nAssistant:"))
             .to_string()
     }
@@ -209,16 +215,18 @@ mod tests {
             ("What's a good recipe for banana bread?", "general"),
             ("How far is the moon?", "general"),
         ];
+        let rules = ContextRules::embedded();
         for (prompt, expected) in cases {
-            assert_eq!(tag(prompt), expected, "{prompt}");
+            assert_eq!(tag(&rules, prompt), expected, "{prompt}");
         }
     }
 
     #[test]
     fn keywords_match_whole_words_only() {
-        // "die" and "sad" must not fire inside "diet" or "sadly"-free words like "crusade".
+        // "die" (sensitive) and "sad" (emotional) must not fire inside "diet" or "crusade".
+        let rules = ContextRules::embedded();
         assert_eq!(
-            tag("Which diet is best for a crusade across the Alps?"),
+            tag(&rules, "Which diet is best for a crusade across the Alps?"),
             "general"
         );
     }

@@ -21,6 +21,8 @@ pub const MANIFEST_FILE: &str = "manifest.json";
 /// are dropped.
 pub struct TokenBudget<'a> {
     pub max_tokens: usize,
+    /// What counts the tokens (a tokenizer name or path), recorded in the manifest.
+    pub tokenizer: String,
     pub count_tokens: &'a dyn Fn(&str) -> usize,
 }
 
@@ -64,6 +66,7 @@ pub struct ManifestOptions {
     pub max_samples: Option<usize>,
     pub dedupe: bool,
     pub max_tokens: Option<usize>,
+    pub tokenizer: Option<String>,
     pub contexts: String,
     pub contexts_sha256: String,
 }
@@ -146,6 +149,7 @@ pub fn prepare(
             max_samples: options.max_samples,
             dedupe: options.dedupe,
             max_tokens: options.token_budget.as_ref().map(|b| b.max_tokens),
+            tokenizer: options.token_budget.as_ref().map(|b| b.tokenizer.clone()),
             contexts: options.contexts_label.clone(),
             contexts_sha256: options.contexts.sha256().to_string(),
         },

@@ -363,3 +363,35 @@ fn forced_format_overrides_detection() {
         "\n\nHuman: q\n\nAssistant:"
     );
 }
+
+#[test]
+fn rm_static_rows_as_jsonl_read_like_the_parquet_file() {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(FIXTURES).join("rm_static_sample.json")).unwrap(),
+    )
+    .unwrap();
+    let mut text = String::new();
+    for row in &rows {
+        // rm-static's JSON export carries the extra `response` column too.
+        let mut row = row.clone();
+        row["response"] = row["chosen"].clone();
+        text.push_str(&serde_json::to_string(&row).unwrap());
+        text.push('\n');
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "rm_static.jsonl", text.as_bytes());
+    let from_jsonl = load(&path, &LoadOptions::default()).unwrap();
+    assert_eq!(from_jsonl.report.inputs[0].format, Format::Jsonl);
+    let from_parquet = load(
+        &Path::new(FIXTURES).join("rm_static_sample.parquet"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let texts = |pairs: &[PreferencePair]| -> Vec<(String, String, String)> {
+        pairs
+            .iter()
+            .map(|p| (p.prompt.clone(), p.chosen.clone(), p.rejected.clone()))
+            .collect()
+    };
+    assert_eq!(texts(&from_jsonl.pairs), texts(&from_parquet.pairs));
+}

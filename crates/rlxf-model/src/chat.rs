@@ -25,11 +25,17 @@ pub struct Turn {
 
 impl Turn {
     pub fn user(text: impl Into<String>) -> Self {
-        Self { role: Role::User, text: text.into() }
+        Self {
+            role: Role::User,
+            text: text.into(),
+        }
     }
 
     pub fn assistant(text: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, text: text.into() }
+        Self {
+            role: Role::Assistant,
+            text: text.into(),
+        }
     }
 }
 
@@ -65,7 +71,10 @@ impl ChatTemplate {
                 field: "(file)".to_string(),
                 reason: err.to_string(),
             })?;
-        let model_type = config.get("model_type").and_then(|value| value.as_str()).unwrap_or("");
+        let model_type = config
+            .get("model_type")
+            .and_then(|value| value.as_str())
+            .unwrap_or("");
         Ok(Self::for_model_type(model_type))
     }
 
@@ -75,7 +84,10 @@ impl ChatTemplate {
         match turns.last() {
             Some(turn) if turn.role == Role::User => {}
             Some(_) => {
-                return Err(malformed("the last turn of a prompt must be the user's", ""));
+                return Err(malformed(
+                    "the last turn of a prompt must be the user's",
+                    "",
+                ));
             }
             None => return Err(malformed("a prompt needs at least one turn", "")),
         }
@@ -144,9 +156,10 @@ impl ChatTemplate {
     /// the marker and without trailing whitespace.
     pub fn reply_text<'a>(&self, completion: &'a str) -> &'a str {
         match self {
-            ChatTemplate::HumanAssistant => {
-                completion.strip_prefix(' ').unwrap_or(completion).trim_end()
-            }
+            ChatTemplate::HumanAssistant => completion
+                .strip_prefix(' ')
+                .unwrap_or(completion)
+                .trim_end(),
         }
     }
 
@@ -173,7 +186,10 @@ fn parse_hh(transcript: &str) -> Result<Vec<Turn>> {
         .collect();
     markers.sort_by_key(|&(at, _, _)| at);
     let Some(&(first_at, _, _)) = markers.first() else {
-        return Err(malformed("no \"\\n\\nHuman:\" or \"\\n\\nAssistant:\" marker", excerpt(transcript, 0)));
+        return Err(malformed(
+            "no \"\\n\\nHuman:\" or \"\\n\\nAssistant:\" marker",
+            excerpt(transcript, 0),
+        ));
     };
     if first_at != 0 {
         return Err(malformed(
@@ -185,16 +201,24 @@ fn parse_hh(transcript: &str) -> Result<Vec<Turn>> {
         .iter()
         .enumerate()
         .map(|(index, &(at, role, marker_len))| {
-            let end = markers.get(index + 1).map_or(transcript.len(), |&(next, _, _)| next);
+            let end = markers
+                .get(index + 1)
+                .map_or(transcript.len(), |&(next, _, _)| next);
             let body = &transcript[at + marker_len..end];
-            Turn { role, text: body.strip_prefix(' ').unwrap_or(body).to_string() }
+            Turn {
+                role,
+                text: body.strip_prefix(' ').unwrap_or(body).to_string(),
+            }
         })
         .collect();
     Ok(turns)
 }
 
 fn malformed(reason: &str, excerpt: &str) -> ModelError {
-    ModelError::MalformedTranscript { reason: reason.to_string(), excerpt: excerpt.to_string() }
+    ModelError::MalformedTranscript {
+        reason: reason.to_string(),
+        excerpt: excerpt.to_string(),
+    }
 }
 
 /// Up to 60 characters of `text` from byte `at`, for error messages.
@@ -212,7 +236,10 @@ mod tests {
 
     #[test]
     fn formats_a_single_message_prompt() {
-        assert_eq!(HH.format_user_message("Hi there"), "\n\nHuman: Hi there\n\nAssistant:");
+        assert_eq!(
+            HH.format_user_message("Hi there"),
+            "\n\nHuman: Hi there\n\nAssistant:"
+        );
         assert_eq!(
             HH.format_prompt(&[Turn::user("Hi there")]).unwrap(),
             HH.format_user_message("Hi there")
@@ -221,16 +248,26 @@ mod tests {
 
     #[test]
     fn formats_and_parses_multi_turn_dialogue() {
-        let turns = vec![Turn::user("Hi"), Turn::assistant("Hello! How can I help?"), Turn::user("A joke")];
+        let turns = vec![
+            Turn::user("Hi"),
+            Turn::assistant("Hello! How can I help?"),
+            Turn::user("A joke"),
+        ];
         let transcript = "\n\nHuman: Hi\n\nAssistant: Hello! How can I help?\n\nHuman: A joke";
         assert_eq!(HH.format_transcript(&turns), transcript);
         assert_eq!(HH.parse_transcript(transcript).unwrap(), turns);
-        assert_eq!(HH.format_prompt(&turns).unwrap(), format!("{transcript}\n\nAssistant:"));
+        assert_eq!(
+            HH.format_prompt(&turns).unwrap(),
+            format!("{transcript}\n\nAssistant:")
+        );
     }
 
     #[test]
     fn parses_an_empty_final_assistant_turn() {
-        for transcript in ["\n\nHuman: Hi\n\nAssistant: ", "\n\nHuman: Hi\n\nAssistant:"] {
+        for transcript in [
+            "\n\nHuman: Hi\n\nAssistant: ",
+            "\n\nHuman: Hi\n\nAssistant:",
+        ] {
             let turns = HH.parse_transcript(transcript).unwrap();
             assert_eq!(turns, vec![Turn::user("Hi"), Turn::assistant("")]);
             assert_eq!(HH.format_transcript(&turns), "\n\nHuman: Hi\n\nAssistant: ");
@@ -239,9 +276,14 @@ mod tests {
 
     #[test]
     fn rejects_text_before_the_first_marker_and_prompts_ending_with_the_assistant() {
-        assert!(HH.parse_transcript("hello\n\nHuman: Hi").unwrap_err().is_bad_input());
+        assert!(HH
+            .parse_transcript("hello\n\nHuman: Hi")
+            .unwrap_err()
+            .is_bad_input());
         assert!(HH.parse_transcript("no markers").is_err());
-        assert!(HH.format_prompt(&[Turn::user("a"), Turn::assistant("b")]).is_err());
+        assert!(HH
+            .format_prompt(&[Turn::user("a"), Turn::assistant("b")])
+            .is_err());
         assert!(HH.format_prompt(&[]).is_err());
     }
 
@@ -249,7 +291,10 @@ mod tests {
     fn splits_the_last_reply_off_a_transcript() {
         let transcript = "\n\nHuman: Hi\n\nAssistant: Hey\n\nHuman: Joke?\n\nAssistant: No.";
         let (prompt, completion) = HH.split_last_reply(transcript).unwrap();
-        assert_eq!(prompt, "\n\nHuman: Hi\n\nAssistant: Hey\n\nHuman: Joke?\n\nAssistant:");
+        assert_eq!(
+            prompt,
+            "\n\nHuman: Hi\n\nAssistant: Hey\n\nHuman: Joke?\n\nAssistant:"
+        );
         assert_eq!(completion, " No.");
         assert_eq!(HH.reply_text(completion), "No.");
         assert!(HH.split_last_reply("\n\nHuman: only").is_err());

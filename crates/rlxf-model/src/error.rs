@@ -91,7 +91,10 @@ pub enum ModelError {
     MalformedTranscript { reason: String, excerpt: String },
 
     #[error("generation setting `{field}`: {message}")]
-    InvalidGenerationConfig { field: &'static str, message: String },
+    InvalidGenerationConfig {
+        field: &'static str,
+        message: String,
+    },
 
     #[error("prompt {index}: {message}")]
     InvalidPrompt { index: usize, message: String },
@@ -101,9 +104,9 @@ impl ModelError {
     /// True when the error was caused by the user's input (exit code 2), false for runtime failures.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            ModelError::Tensor(_)
-            | ModelError::Io { .. }
-            | ModelError::HubUnavailable { .. } => false,
+            ModelError::Tensor(_) | ModelError::Io { .. } | ModelError::HubUnavailable { .. } => {
+                false
+            }
             ModelError::InvalidConfig { .. }
             | ModelError::UnknownModelType { .. }
             | ModelError::MissingWeights { .. }

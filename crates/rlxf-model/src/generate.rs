@@ -54,13 +54,21 @@ impl Default for GenerationConfig {
 impl GenerationConfig {
     /// Greedy decoding of up to `max_new_tokens` tokens, stopping at EOS.
     pub fn greedy(max_new_tokens: usize) -> Self {
-        Self { max_new_tokens, temperature: 0.0, ..Self::default() }
+        Self {
+            max_new_tokens,
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
-        let invalid = |field, message: String| Err(ModelError::InvalidGenerationConfig { field, message });
+        let invalid =
+            |field, message: String| Err(ModelError::InvalidGenerationConfig { field, message });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return invalid("temperature", format!("must be a finite number >= 0, got {}", self.temperature));
+            return invalid(
+                "temperature",
+                format!("must be a finite number >= 0, got {}", self.temperature),
+            );
         }
         if self.top_k == Some(0) {
             return invalid("top_k", "must be at least 1".to_string());
@@ -77,7 +85,11 @@ impl GenerationConfig {
     }
 
     fn sampling(&self) -> SamplingParams {
-        SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+        }
     }
 }
 
@@ -141,7 +153,11 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
     config: &GenerationConfig,
 ) -> Result<Vec<Generation>> {
     config.validate()?;
-    assert_eq!(prompts.len(), row_keys.len(), "one random-stream key per prompt");
+    assert_eq!(
+        prompts.len(),
+        row_keys.len(),
+        "one random-stream key per prompt"
+    );
     validate_prompts(model, prompts, row_keys)?;
     if prompts.is_empty() {
         return Ok(Vec::new());
@@ -172,7 +188,11 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
     }
     let input = Tensor::from_vec(input, (prompts.len(), padded_len), device)?;
     let mut cache = model.new_cache();
-    let logits = model.forward(&input, Some(&mask_tensor(&mask_rows, device)?), Some(&mut cache))?;
+    let logits = model.forward(
+        &input,
+        Some(&mask_tensor(&mask_rows, device)?),
+        Some(&mut cache),
+    )?;
     let mut next_logits = logits.i((.., padded_len - 1, ..))?;
 
     let sampling = config.sampling();
@@ -199,7 +219,10 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
         }
         if still_active.len() < active.len() {
             drop_finished_rows(&mut cache, model.num_layers(), &still_active, device)?;
-            mask_rows = still_active.iter().map(|&pos| std::mem::take(&mut mask_rows[pos])).collect();
+            mask_rows = still_active
+                .iter()
+                .map(|&pos| std::mem::take(&mut mask_rows[pos]))
+                .collect();
             active = still_active.iter().map(|&pos| active[pos]).collect();
         }
         for mask in &mut mask_rows {
@@ -207,10 +230,19 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
         }
         let last_tokens: Vec<u32> = active
             .iter()
-            .map(|&row_index| *rows[row_index].token_ids.last().expect("a token was just generated"))
+            .map(|&row_index| {
+                *rows[row_index]
+                    .token_ids
+                    .last()
+                    .expect("a token was just generated")
+            })
             .collect();
         let input = Tensor::from_vec(last_tokens, (active.len(), 1), device)?;
-        let logits = model.forward(&input, Some(&mask_tensor(&mask_rows, device)?), Some(&mut cache))?;
+        let logits = model.forward(
+            &input,
+            Some(&mask_tensor(&mask_rows, device)?),
+            Some(&mut cache),
+        )?;
         next_logits = logits.i((.., 0, ..))?;
     }
 
@@ -221,7 +253,11 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
 }
 
 /// Errors name a prompt by its row key (its index in the caller's whole input).
-fn validate_prompts<M: CausalLm + ?Sized>(model: &M, prompts: &[Vec<u32>], row_keys: &[u64]) -> Result<()> {
+fn validate_prompts<M: CausalLm + ?Sized>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    row_keys: &[u64],
+) -> Result<()> {
     let vocab = model.vocab_size();
     for (prompt, &key) in prompts.iter().zip(row_keys) {
         let index = key as usize;
@@ -290,7 +326,13 @@ impl Row {
     fn new(prompt_len: usize, seed: u64, key: u64) -> Self {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         rng.set_stream(key);
-        Self { prompt_len, rng, token_ids: Vec::new(), logprobs: Vec::new(), stop_at: None }
+        Self {
+            prompt_len,
+            rng,
+            token_ids: Vec::new(),
+            logprobs: Vec::new(),
+            stop_at: None,
+        }
     }
 
     /// Why the row stops after generating `token`, if it does.
@@ -308,7 +350,11 @@ impl Row {
             // Decoding the whole continuation each step (rather than the new token alone) finds
             // stop strings split across tokens and characters split across byte-level tokens.
             let text = tokenizer.decode(&self.token_ids)?;
-            self.stop_at = config.stop_strings.iter().filter_map(|stop| text.find(stop.as_str())).min();
+            self.stop_at = config
+                .stop_strings
+                .iter()
+                .filter_map(|stop| text.find(stop.as_str()))
+                .min();
             if self.stop_at.is_some() {
                 return Ok(Some(FinishReason::StopString));
             }
@@ -333,12 +379,19 @@ impl Row {
             text.truncate(stop_at);
             // Keep the shortest prefix of tokens whose text covers the reply.
             let mut keep = 0;
-            while keep < self.token_ids.len() && tokenizer.decode(&self.token_ids[..keep])?.len() < stop_at {
+            while keep < self.token_ids.len()
+                && tokenizer.decode(&self.token_ids[..keep])?.len() < stop_at
+            {
                 keep += 1;
             }
             self.token_ids.truncate(keep);
             self.logprobs.truncate(keep);
         }
-        Ok(Generation { text, token_ids: self.token_ids, logprobs: self.logprobs, finish_reason })
+        Ok(Generation {
+            text,
+            token_ids: self.token_ids,
+            logprobs: self.logprobs,
+            finish_reason,
+        })
     }
 }

@@ -41,7 +41,10 @@ pub fn argmax(logits: &[f32]) -> usize {
 /// Neither filter sorts the whole vocabulary: top-k is a linear-time partial selection, and top-p
 /// sorts only a growing head of the distribution until it holds `top_p` of the mass.
 pub fn filtered_distribution(logits: &[f32], params: &SamplingParams) -> Vec<(u32, f64)> {
-    let scaled: Vec<f64> = logits.iter().map(|&logit| logit as f64 / params.temperature).collect();
+    let scaled: Vec<f64> = logits
+        .iter()
+        .map(|&logit| logit as f64 / params.temperature)
+        .collect();
     // Descending by scaled logit, ties broken by lower id: a total order, so selection is
     // deterministic.
     let by_logit_desc = |a: &u32, b: &u32| {
@@ -80,7 +83,10 @@ fn nucleus_size(
         .iter()
         .map(|&id| scaled[id as usize])
         .fold(f64::NEG_INFINITY, f64::max);
-    let normaliser: f64 = candidates.iter().map(|&id| (scaled[id as usize] - max).exp()).sum();
+    let normaliser: f64 = candidates
+        .iter()
+        .map(|&id| (scaled[id as usize] - max).exp())
+        .sum();
     let mut head = candidates.len().min(64);
     loop {
         if head < candidates.len() {
@@ -107,7 +113,10 @@ fn softmax_over(scaled: &[f64], candidates: &[u32]) -> Vec<f64> {
         .iter()
         .map(|&id| scaled[id as usize])
         .fold(f64::NEG_INFINITY, f64::max);
-    let exps: Vec<f64> = candidates.iter().map(|&id| (scaled[id as usize] - max).exp()).collect();
+    let exps: Vec<f64> = candidates
+        .iter()
+        .map(|&id| (scaled[id as usize] - max).exp())
+        .collect();
     let sum: f64 = exps.iter().sum();
     exps.into_iter().map(|exp| exp / sum).collect()
 }
@@ -148,14 +157,21 @@ mod tests {
     }
 
     fn params(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> SamplingParams {
-        SamplingParams { temperature, top_k, top_p }
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+        }
     }
 
     fn assert_distribution(actual: &[(u32, f64)], expected: &[(u32, f64)]) {
         assert_eq!(actual.len(), expected.len(), "{actual:?} vs {expected:?}");
         for (&(id, prob), &(want_id, want_prob)) in actual.iter().zip(expected) {
             assert_eq!(id, want_id, "{actual:?} vs {expected:?}");
-            assert!((prob - want_prob).abs() < 1e-6, "{actual:?} vs {expected:?}");
+            assert!(
+                (prob - want_prob).abs() < 1e-6,
+                "{actual:?} vs {expected:?}"
+            );
         }
     }
 
@@ -174,8 +190,11 @@ mod tests {
         let t = 2.0;
         let powered: Vec<f64> = PROBS.iter().map(|p| p.powf(1.0 / t)).collect();
         let sum: f64 = powered.iter().sum();
-        let expected: Vec<(u32, f64)> =
-            powered.iter().enumerate().map(|(id, p)| (id as u32, p / sum)).collect();
+        let expected: Vec<(u32, f64)> = powered
+            .iter()
+            .enumerate()
+            .map(|(id, p)| (id as u32, p / sum))
+            .collect();
         let dist = filtered_distribution(&logits_of(&PROBS), &params(t, None, None));
         assert_distribution(&dist, &expected);
     }
@@ -211,15 +230,24 @@ mod tests {
     fn partial_selection_matches_a_full_sort_on_a_large_vocabulary() {
         // Scrambled, distinct logits over 5,000 ids so the nucleus needs several head growths.
         let vocab = 5000u32;
-        let logits: Vec<f32> = (0..vocab).map(|id| ((id * 7919) % vocab) as f32 * -0.002).collect();
-        for (top_k, top_p) in [(None, Some(0.5)), (Some(3000), Some(0.9)), (Some(17), None), (None, Some(0.01))] {
+        let logits: Vec<f32> = (0..vocab)
+            .map(|id| ((id * 7919) % vocab) as f32 * -0.002)
+            .collect();
+        for (top_k, top_p) in [
+            (None, Some(0.5)),
+            (Some(3000), Some(0.9)),
+            (Some(17), None),
+            (None, Some(0.01)),
+        ] {
             let dist = filtered_distribution(&logits, &params(0.7, top_k, top_p));
             // Reference: sort everything, cut, renormalise.
             let mut order: Vec<u32> = (0..vocab).collect();
             order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
             order.truncate(top_k.unwrap_or(order.len()));
-            let weights: Vec<f64> =
-                order.iter().map(|&id| (logits[id as usize] as f64 / 0.7).exp()).collect();
+            let weights: Vec<f64> = order
+                .iter()
+                .map(|&id| (logits[id as usize] as f64 / 0.7).exp())
+                .collect();
             let total: f64 = weights.iter().sum();
             let mut kept = Vec::new();
             let mut mass_before = 0.0;
@@ -245,7 +273,14 @@ mod tests {
         assert!((log_softmax_at(&logits, 0) - (1.0f32 / 7.0).ln()).abs() < 1e-6);
         assert!((log_softmax_at(&logits, 2) - (3.0f32 / 7.0).ln()).abs() < 1e-6);
         assert_eq!(argmax(&logits), 1, "ties go to the lowest id");
-        assert_eq!(next_token(&logits, &params(0.0, None, None), &mut ChaCha20Rng::seed_from_u64(0)), 1);
+        assert_eq!(
+            next_token(
+                &logits,
+                &params(0.0, None, None),
+                &mut ChaCha20Rng::seed_from_u64(0)
+            ),
+            1
+        );
     }
 
     #[test]
@@ -260,7 +295,10 @@ mod tests {
         }
         for (count, &(_, prob)) in counts.iter().zip(&distribution) {
             // 4 standard deviations of a binomial proportion at n = 40,000 is under 0.01.
-            assert!((*count as f64 / draws as f64 - prob).abs() < 0.01, "{counts:?}");
+            assert!(
+                (*count as f64 / draws as f64 - prob).abs() < 0.01,
+                "{counts:?}"
+            );
         }
     }
 }

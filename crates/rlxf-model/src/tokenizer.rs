@@ -4,9 +4,10 @@
 //! [`Tokenizer::encode`] never adds BOS/EOS: where EOS goes is decided in one place, the dialogue
 //! template ([`crate::chat`]), so the tokenizer stays a pure text <-> ids map.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use tiktoken_rs::CoreBPE;
 
 use crate::{ModelError, Result};
@@ -16,6 +17,7 @@ use crate::{ModelError, Result};
 pub const GPT2_EOS_ID: u32 = 50256;
 /// 50,000 merges + 256 byte tokens + `<|endoftext|>`.
 pub const GPT2_VOCAB_SIZE: usize = 50257;
+const GPT2_EOS_TEXT: &str = "<|endoftext|>";
 
 /// End-of-sequence strings tried, in order, when a `tokenizer.json` comes without a config naming the
 /// EOS id (GPT-2 family, Llama/Mistral, ChatML models such as SmolLM2, Gemma).
@@ -62,10 +64,11 @@ impl Tokenizer {
     /// A Hugging Face `tokenizer.json`. `eos_id` falls back to the first of the usual EOS strings
     /// found in the vocabulary; `pad_id` falls back to the EOS id (what GPT-style models do).
     pub fn from_hf_file(path: &Path, eos_id: Option<u32>, pad_id: Option<u32>) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|err| ModelError::TokenizerLoad {
-            path: path.to_path_buf(),
-            message: err.to_string(),
-        })?;
+        let inner =
+            tokenizers::Tokenizer::from_file(path).map_err(|err| ModelError::TokenizerLoad {
+                path: path.to_path_buf(),
+                message: err.to_string(),
+            })?;
         let eos_id = match eos_id {
             Some(id) => id,
             None => KNOWN_EOS_TOKENS
@@ -105,10 +108,12 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         match &self.backend {
             Backend::Gpt2(bpe) => {
-                let bytes = bpe.decode_bytes(ids).map_err(|err| ModelError::UnknownTokenId {
-                    id: err.token,
-                    vocab: GPT2_VOCAB_SIZE,
-                })?;
+                let bytes = bpe
+                    .decode_bytes(ids)
+                    .map_err(|err| ModelError::UnknownTokenId {
+                        id: err.token,
+                        vocab: GPT2_VOCAB_SIZE,
+                    })?;
                 Ok(String::from_utf8_lossy(&bytes).into_owned())
             }
             Backend::HuggingFace(inner) => {
@@ -151,11 +156,7 @@ impl Tokenizer {
     pub fn max_token_id(&self) -> u32 {
         match &self.backend {
             Backend::Gpt2(_) => GPT2_EOS_ID,
-            Backend::HuggingFace(inner) => inner
-                .get_vocab(true)
-                .into_values()
-                .max()
-                .unwrap_or(0),
+            Backend::HuggingFace(inner) => inner.get_vocab(true).into_values().max().unwrap_or(0),
         }
     }
 
@@ -166,6 +167,114 @@ impl Tokenizer {
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }
+}
+
+/// The embedded GPT-2 BPE as a Hugging Face `tokenizer.json` (byte-level BPE, vocabulary and merges
+/// rebuilt from the rank table), so model directories rlxf writes also load with Python's
+/// `AutoTokenizer`. The merge that made token `r` is the pair BPE reaches when it encodes that
+/// token's bytes with only the ranks below `r`.
+pub fn gpt2_tokenizer_json() -> Value {
+    let bpe = tiktoken_rs::r50k_base_singleton();
+    let tokens: Vec<Vec<u8>> = (0..GPT2_EOS_ID)
+        .map(|rank| bpe.decode_bytes(&[rank]).expect("every rank below 50256 is a token"))
+        .collect();
+    let ranks: HashMap<&[u8], u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(rank, token)| (token.as_slice(), rank as u32))
+        .collect();
+    let byte_chars = gpt2_byte_chars();
+    let to_unicode = |bytes: &[u8]| -> String { bytes.iter().map(|&b| byte_chars[b as usize]).collect() };
+
+    let mut vocab = Map::new();
+    let mut merges = Vec::new();
+    for (rank, token) in tokens.iter().enumerate() {
+        vocab.insert(to_unicode(token), json!(rank));
+        if token.len() >= 2 {
+            let (left, right) = last_merge(token, rank as u32, &ranks);
+            merges.push(json!(format!("{} {}", to_unicode(left), to_unicode(right))));
+        }
+    }
+    vocab.insert(GPT2_EOS_TEXT.to_string(), json!(GPT2_EOS_ID));
+    let byte_level = |add_prefix_space: bool, trim_offsets: bool| {
+        json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": trim_offsets, "use_regex": true})
+    };
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [{
+            "id": GPT2_EOS_ID, "content": GPT2_EOS_TEXT, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": true, "special": true
+        }],
+        "normalizer": null,
+        "pre_tokenizer": byte_level(false, true),
+        "post_processor": byte_level(true, false),
+        "decoder": byte_level(true, true),
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges
+        }
+    })
+}
+
+/// The `tokenizer_config.json` that tells `AutoTokenizer` GPT-2's special tokens.
+pub fn gpt2_tokenizer_config_json() -> Value {
+    json!({
+        "tokenizer_class": "GPT2Tokenizer",
+        "bos_token": GPT2_EOS_TEXT,
+        "eos_token": GPT2_EOS_TEXT,
+        "unk_token": GPT2_EOS_TEXT,
+        "add_prefix_space": false,
+        "model_max_length": 2048
+    })
+}
+
+/// Writes `tokenizer.json` and `tokenizer_config.json` for the GPT-2 BPE into `dir` (atomically).
+pub fn save_gpt2_tokenizer(dir: &Path) -> Result<()> {
+    for (name, value) in [
+        ("tokenizer.json", gpt2_tokenizer_json()),
+        ("tokenizer_config.json", gpt2_tokenizer_config_json()),
+    ] {
+        let text = serde_json::to_string(&value).expect("JSON values always serialise");
+        crate::weights::write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The two tokens BPE merges last when it builds `token` (of rank `rank`) from its bytes.
+fn last_merge<'a>(token: &'a [u8], rank: u32, ranks: &HashMap<&[u8], u32>) -> (&'a [u8], &'a [u8]) {
+    // Part boundaries as byte offsets; merge the lowest-ranked adjacent pair until two parts remain.
+    let mut bounds: Vec<usize> = (0..=token.len()).collect();
+    while bounds.len() > 3 {
+        let best = (0..bounds.len() - 2)
+            .filter_map(|i| {
+                let merged_rank = *ranks.get(&token[bounds[i]..bounds[i + 2]])?;
+                (merged_rank < rank).then_some((merged_rank, i))
+            })
+            .min()
+            .expect("GPT-2 tokens are built from lower-ranked merges");
+        bounds.remove(best.1 + 1);
+    }
+    (&token[..bounds[1]], &token[bounds[1]..])
+}
+
+/// GPT-2's reversible byte-to-character table: printable Latin-1 bytes map to themselves, the
+/// others to U+0100 onwards, so every byte sequence is a printable string.
+fn gpt2_byte_chars() -> [char; 256] {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    let mut chars = ['\0'; 256];
+    let mut next_unprintable = 256u32;
+    for byte in 0..=255u8 {
+        chars[byte as usize] = if printable(byte) {
+            byte as char
+        } else {
+            next_unprintable += 1;
+            char::from_u32(next_unprintable - 1).expect("U+0100..U+0143 are characters")
+        };
+    }
+    chars
 }
 
 /// The tokenizer of the model in `model_dir`: its `tokenizer.json` when present, else the built-in

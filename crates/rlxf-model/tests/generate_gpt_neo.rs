@@ -5,29 +5,54 @@
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use rlxf_model::{
-    continuation_logprobs_vec, generate, generate_keyed, CausalLm, FinishReason, GenerationConfig, Gpt2Config,
-    GptNeoConfig, LoadedModel, ModelConfig, Padding, Tokenizer,
+    continuation_logprobs_vec, generate, generate_keyed, CausalLm, FinishReason, GenerationConfig,
+    Gpt2Config, GptNeoConfig, LoadedModel, ModelConfig, Padding, Tokenizer,
 };
 
 fn tiny_models() -> Vec<(&'static str, LoadedModel)> {
     let device = Device::Cpu;
     vec![
-        ("gpt-neo", LoadedModel::init_random(ModelConfig::GptNeo(GptNeoConfig::tiny()), 3, &device, DType::F32).unwrap()),
-        ("gpt2", LoadedModel::init_random(ModelConfig::Gpt2(Gpt2Config::tiny()), 3, &device, DType::F32).unwrap()),
+        (
+            "gpt-neo",
+            LoadedModel::init_random(
+                ModelConfig::GptNeo(GptNeoConfig::tiny()),
+                3,
+                &device,
+                DType::F32,
+            )
+            .unwrap(),
+        ),
+        (
+            "gpt2",
+            LoadedModel::init_random(
+                ModelConfig::Gpt2(Gpt2Config::tiny()),
+                3,
+                &device,
+                DType::F32,
+            )
+            .unwrap(),
+        ),
     ]
 }
 
 fn prompts(tokenizer: &Tokenizer) -> Vec<Vec<u32>> {
-    ["\n\nHuman: Tell me a story about a dragon.\n\nAssistant:", "Hi", "The quick brown fox jumps over the lazy dog"]
-        .iter()
-        .map(|text| tokenizer.encode(text).unwrap())
-        .collect()
+    [
+        "\n\nHuman: Tell me a story about a dragon.\n\nAssistant:",
+        "Hi",
+        "The quick brown fox jumps over the lazy dog",
+    ]
+    .iter()
+    .map(|text| tokenizer.encode(text).unwrap())
+    .collect()
 }
 
 fn greedy_by_recomputation(model: &dyn CausalLm, prompt: &[u32], steps: usize) -> Vec<u32> {
     let mut ids = prompt.to_vec();
     for _ in 0..steps {
-        let input = Tensor::new(ids.as_slice(), model.device()).unwrap().unsqueeze(0).unwrap();
+        let input = Tensor::new(ids.as_slice(), model.device())
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = model.forward(&input, None, None).unwrap();
         let last: Vec<f32> = logits.i((0, ids.len() - 1)).unwrap().to_vec1().unwrap();
         ids.push(rlxf_model::sampling::argmax(&last) as u32);
@@ -41,14 +66,25 @@ const STEPS: usize = 24;
 fn kv_cache_generation_matches_recomputation_and_single_rows() {
     let tokenizer = Tokenizer::gpt2();
     let prompts = prompts(&tokenizer);
-    let greedy = GenerationConfig { stop_at_eos: false, ..GenerationConfig::greedy(STEPS) };
+    let greedy = GenerationConfig {
+        stop_at_eos: false,
+        ..GenerationConfig::greedy(STEPS)
+    };
     for (name, model) in tiny_models() {
         let batched = generate(&model, &tokenizer, &prompts, &greedy).unwrap();
         for (index, (prompt, output)) in prompts.iter().zip(&batched).enumerate() {
             assert_eq!(output.finish_reason, FinishReason::MaxNewTokens);
-            assert_eq!(output.token_ids, greedy_by_recomputation(&model, prompt, STEPS), "{name} row {index}");
-            let alone = generate(&model, &tokenizer, std::slice::from_ref(prompt), &greedy).unwrap();
-            assert_eq!(alone[0].token_ids, output.token_ids, "{name} row {index} alone");
+            assert_eq!(
+                output.token_ids,
+                greedy_by_recomputation(&model, prompt, STEPS),
+                "{name} row {index}"
+            );
+            let alone =
+                generate(&model, &tokenizer, std::slice::from_ref(prompt), &greedy).unwrap();
+            assert_eq!(
+                alone[0].token_ids, output.token_ids,
+                "{name} row {index} alone"
+            );
         }
     }
 }
@@ -57,11 +93,19 @@ fn kv_cache_generation_matches_recomputation_and_single_rows() {
 fn sampled_logprobs_match_continuation_logprobs_and_batching() {
     let tokenizer = Tokenizer::gpt2();
     let prompts = prompts(&tokenizer);
-    let config = GenerationConfig { max_new_tokens: 20, temperature: 1.0, top_p: Some(0.95), seed: 42, stop_at_eos: false, ..Default::default() };
+    let config = GenerationConfig {
+        max_new_tokens: 20,
+        temperature: 1.0,
+        top_k: Some(40),
+        seed: 42,
+        stop_at_eos: false,
+        ..Default::default()
+    };
     for (name, model) in tiny_models() {
         let outputs = generate(&model, &tokenizer, &prompts, &config).unwrap();
         let continuations: Vec<Vec<u32>> = outputs.iter().map(|o| o.token_ids.clone()).collect();
-        let reference = continuation_logprobs_vec(&model, &prompts, &continuations, Padding::Right).unwrap();
+        let reference =
+            continuation_logprobs_vec(&model, &prompts, &continuations, Padding::Right).unwrap();
         for (output, expected) in outputs.iter().zip(&reference) {
             assert_eq!(output.logprobs.len(), expected.len());
             for (got, want) in output.logprobs.iter().zip(expected) {
@@ -69,9 +113,23 @@ fn sampled_logprobs_match_continuation_logprobs_and_batching() {
             }
         }
         for (index, prompt) in prompts.iter().enumerate() {
-            let alone = generate_keyed(&model, &tokenizer, std::slice::from_ref(prompt), &[index as u64], &config).unwrap();
-            assert_eq!(alone[0].token_ids, outputs[index].token_ids, "{name} row {index}");
+            let alone = generate_keyed(
+                &model,
+                &tokenizer,
+                std::slice::from_ref(prompt),
+                &[index as u64],
+                &config,
+            )
+            .unwrap();
+            assert_eq!(
+                alone[0].token_ids, outputs[index].token_ids,
+                "{name} row {index}"
+            );
         }
-        assert_eq!(outputs, generate(&model, &tokenizer, &prompts, &config).unwrap(), "{name}: same seed, same output");
+        assert_eq!(
+            outputs,
+            generate(&model, &tokenizer, &prompts, &config).unwrap(),
+            "{name}: same seed, same output"
+        );
     }
 }

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use rlxf_data::{
     ContextRules, FieldNames, Format, HubOptions, LoadOptions, LoadReport, Percentiles,
-    PreferencePair, PrepareOptions, Source, SplitRatios, Summary,
+    PreferencePair, PrepareOptions, Source, SplitRatios, Summary, TokenBudget,
 };
 
 use crate::Ctx;
@@ -87,6 +87,15 @@ pub struct PrepareArgs {
     /// Keep only the first pair of each distinct prompt.
     #[arg(long)]
     dedupe: bool,
+
+    /// Drop pairs whose prompt + chosen or prompt + rejected is longer than this many tokens.
+    #[arg(long, value_name = "N")]
+    max_tokens: Option<usize>,
+
+    /// Model folder whose tokenizer counts tokens for --max-tokens (its tokenizer.json, or the
+    /// GPT-2 BPE for gpt2 / gpt_neo configs); the built-in GPT-2 BPE when not given.
+    #[arg(long, value_name = "MODEL_DIR", requires = "max_tokens")]
+    tokenizer: Option<PathBuf>,
 
     /// Replace the output folder if it exists and is not empty.
     #[arg(long)]
@@ -282,12 +291,30 @@ fn shorten(text: &str, max: usize) -> String {
 fn prepare(args: PrepareArgs, ctx: Ctx) -> anyhow::Result<()> {
     let resolved = resolve(&args.source, ctx)?;
     let split: SplitRatios = args.split.parse()?;
+    let tokenizer = match &args.tokenizer {
+        Some(dir) => rlxf_model::load_tokenizer(dir)
+            .with_context(|| format!("loading the tokenizer of {}", dir.display()))?,
+        None => rlxf_model::Tokenizer::gpt2(),
+    };
+    // A text the tokenizer cannot encode fits no budget; such pairs are counted in the manifest's
+    // over_token_budget with the rest.
+    let count_tokens = |text: &str| tokenizer.encode(text).map_or(usize::MAX, |ids| ids.len());
+    let token_budget = args.max_tokens.map(|max_tokens| TokenBudget {
+        max_tokens,
+        tokenizer: args
+            .tokenizer
+            .as_ref()
+            .map_or("gpt2 (built in)".to_string(), |dir| {
+                dir.display().to_string()
+            }),
+        count_tokens: &count_tokens,
+    });
     let options = PrepareOptions {
         seed: args.seed,
         split,
         max_samples: args.max_samples,
         dedupe: args.dedupe,
-        token_budget: None,
+        token_budget,
         contexts: &resolved.rules,
         contexts_label: resolved.rules_label.clone(),
         overwrite: args.overwrite,
@@ -297,13 +324,14 @@ fn prepare(args: PrepareArgs, ctx: Ctx) -> anyhow::Result<()> {
     let counts = &manifest.counts;
     if !ctx.quiet {
         println!(
-            "wrote {}: train {}, validation {}, test {} (from {} pairs: {} duplicates removed, {} over the cap; {} without a shared prompt, {} invalid skipped)",
+            "wrote {}: train {}, validation {}, test {} (from {} pairs: {} duplicates removed, {} over the token budget, {} over the cap; {} without a shared prompt, {} invalid skipped)",
             args.out.display(),
             counts.train,
             counts.validation,
             counts.test,
             counts.pairs_loaded,
             counts.duplicates_removed,
+            counts.over_token_budget,
             counts.capped_out,
             counts.no_shared_prompt,
             counts.invalid_skipped,
