@@ -18,12 +18,18 @@ fuzz_target!(|data: &[u8]| {
             match load_jsonl_bytes(data, Path::new("fuzz.jsonl"), format, &options) {
                 Ok(loaded) => {
                     let report = &loaded.report;
-                    assert_eq!(loaded.pairs.len() + report.problems.len(), report.records_read);
+                    assert_eq!(
+                        loaded.pairs.len() + report.problems.len(),
+                        report.records_read
+                    );
                     if !skip_invalid {
                         assert_eq!(report.count(ProblemKind::InvalidRecord), 0);
                     }
                 }
-                Err(err) => assert!(err.is_bad_input(), "in-memory input failed at runtime: {err}"),
+                Err(err) => assert!(
+                    err.is_bad_input(),
+                    "in-memory input failed at runtime: {err}"
+                ),
             }
         }
     }

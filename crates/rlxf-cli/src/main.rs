@@ -38,6 +38,12 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Per-token log-probabilities of completions given prompts, from a JSONL file.
     Logprobs(commands::logprobs::LogprobsArgs),
+    /// Train a model from a TOML config: SFT, reward model or DPO (with checkpoints and --resume).
+    #[command(subcommand)]
+    Train(commands::train::TrainCommand),
+    /// Use a trained reward model.
+    #[command(subcommand)]
+    Rm(commands::train::RmCommand),
 }
 
 /// What every command needs to know about how it was invoked.
@@ -55,6 +61,8 @@ fn main() -> ExitCode {
         Command::Model(cmd) => commands::model::run(cmd, ctx),
         Command::Generate(args) => commands::generate::run(args, ctx),
         Command::Logprobs(args) => commands::logprobs::run(args, ctx),
+        Command::Train(cmd) => commands::train::run(cmd, ctx),
+        Command::Rm(cmd) => commands::train::run_rm(cmd, ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

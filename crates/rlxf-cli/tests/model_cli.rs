@@ -9,7 +9,9 @@ fn rlxf() -> Command {
 
 fn init(arch: &str, seed: &str, out: &std::path::Path) -> std::process::Output {
     rlxf()
-        .args(["--quiet", "model", "init", "--arch", arch, "--size", "tiny", "--seed", seed])
+        .args([
+            "--quiet", "model", "init", "--arch", arch, "--size", "tiny", "--seed", seed,
+        ])
         .arg("--out")
         .arg(out)
         .output()
@@ -25,7 +27,11 @@ fn init_writes_a_loadable_seeded_model() {
         let other = temp.path().join(format!("{arch}-c"));
         for (dir, seed) in [(&first, "4"), (&second, "4"), (&other, "5")] {
             let output = init(arch, seed, dir);
-            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         let weights = |dir: &std::path::Path| std::fs::read(dir.join("model.safetensors")).unwrap();
         assert_eq!(weights(&first), weights(&second));

@@ -60,15 +60,22 @@ pub fn split_hh_pair<'a>(
     Ok(split)
 }
 
-/// The human turns of a transcript-form prompt, without their markers. A text with no
-/// `"\n\nHuman:"` marker is treated as a single human turn.
+/// The human turns of a transcript-form prompt, without their markers or the assistant text after
+/// them. A prompt that starts with `"Human:"` (leading blank lines stripped, as some exports do) has
+/// that as its first turn; a text with no human marker at all is one human turn, up to its first
+/// assistant marker if it has one.
 pub fn human_turns(prompt: &str) -> Vec<&str> {
-    if !prompt.contains(HUMAN_TURN) {
-        return vec![prompt];
-    }
-    prompt
-        .split(HUMAN_TURN)
-        .skip(1)
+    let mut pieces = prompt.split(HUMAN_TURN);
+    let head = pieces.next().unwrap_or_default();
+    let first = match head.strip_prefix(HUMAN_TURN.trim_start()) {
+        Some(turn) => Some(turn),
+        None if !prompt.contains(HUMAN_TURN) => Some(head),
+        // Text before the first human turn (a preamble) is not a human turn.
+        None => None,
+    };
+    first
+        .into_iter()
+        .chain(pieces)
         .map(|turn| turn.split(ASSISTANT_TURN).next().unwrap_or(turn))
         .collect()
 }
@@ -138,5 +145,15 @@ mod tests {
         let prompt = "\n\nHuman: one\n\nAssistant: reply\n\nHuman: two\n\nAssistant:";
         assert_eq!(human_turns(prompt), vec![" one", " two"]);
         assert_eq!(human_turns("plain question"), vec!["plain question"]);
+        // Found by the hh_split fuzz target: assistant text without any human marker.
+        assert_eq!(human_turns("]\n\nAssistant:g\n"), vec!["]"]);
+        assert_eq!(
+            human_turns("Human: a\n\nAssistant: b\n\nHuman: c"),
+            vec![" a", " c"]
+        );
+        assert_eq!(
+            human_turns("Preamble.\n\nHuman: a\n\nAssistant:"),
+            vec![" a"]
+        );
     }
 }

@@ -43,7 +43,7 @@
 //!
 //! [`dedupe_by_prompt`], [`filter_by_token_length`] (with the caller's tokenizer) and
 //! [`shuffle_cap_split`] (seeded shuffle, `max_samples` cap, train / validation / test) are
-//! deterministic; [`prepare`] chains them, tags contexts and writes the splits and a
+//! deterministic; [`prepare()`] chains them, tags contexts and writes the splits and a
 //! [`Manifest`] atomically.
 //!
 //! # Context tags

@@ -94,7 +94,10 @@ pub struct GptNeoConfig {
 pub struct Gpt2Config {
     #[serde(default = "defaults::vocab_size")]
     pub vocab_size: usize,
-    #[serde(default = "defaults::gpt2_n_positions", alias = "max_position_embeddings")]
+    #[serde(
+        default = "defaults::gpt2_n_positions",
+        alias = "max_position_embeddings"
+    )]
     pub n_positions: usize,
     #[serde(default = "defaults::gpt2_n_embd", alias = "hidden_size")]
     pub n_embd: usize,
@@ -251,7 +254,7 @@ impl GptNeoConfig {
         validate_common(
             path,
             self.hidden_size,
-            self.num_heads,
+            ("num_heads", self.num_heads),
             &self.activation_function,
             self.tie_word_embeddings,
         )
@@ -306,7 +309,7 @@ impl Gpt2Config {
         validate_common(
             path,
             self.n_embd,
-            self.n_head,
+            ("n_head", self.n_head),
             &self.activation_function,
             self.tie_word_embeddings,
         )
@@ -316,14 +319,14 @@ impl Gpt2Config {
 fn validate_common(
     path: &Path,
     hidden: usize,
-    heads: usize,
+    (heads_field, heads): (&str, usize),
     activation: &str,
     tied: bool,
 ) -> Result<()> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(invalid(
             path,
-            "num_heads",
+            heads_field,
             format!("hidden size {hidden} is not divisible by {heads} heads"),
         ));
     }
@@ -559,7 +562,8 @@ mod tests {
 
     #[test]
     fn hf_defaults_fill_missing_fields() {
-        let config = ModelConfig::parse(r#"{"model_type": "gpt_neo"}"#, Path::new("c.json")).unwrap();
+        let config =
+            ModelConfig::parse(r#"{"model_type": "gpt_neo"}"#, Path::new("c.json")).unwrap();
         let ModelConfig::GptNeo(config) = config else {
             panic!("wrong architecture")
         };
@@ -586,13 +590,19 @@ mod tests {
         let err = ModelConfig::parse(r#"{"model_type": "llama"}"#, path).unwrap_err();
         assert!(err.is_bad_input());
         let message = err.to_string();
-        assert!(message.contains("llama") && message.contains("gpt_neo, gpt2"), "{message}");
+        assert!(
+            message.contains("llama") && message.contains("gpt_neo, gpt2"),
+            "{message}"
+        );
 
-        let err = ModelConfig::parse(r#"{"model_type": "gpt2", "n_embd": "wide"}"#, path)
-            .unwrap_err();
+        let err =
+            ModelConfig::parse(r#"{"model_type": "gpt2", "n_embd": "wide"}"#, path).unwrap_err();
         assert!(err.is_bad_input());
         let message = err.to_string();
-        assert!(message.contains("dir/config.json") && message.contains("n_embd"), "{message}");
+        assert!(
+            message.contains("dir/config.json") && message.contains("n_embd"),
+            "{message}"
+        );
 
         let err = ModelConfig::parse(r#"{"n_embd": 8}"#, path).unwrap_err();
         assert!(err.to_string().contains("model_type"));

@@ -188,12 +188,7 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
     }
     let input = Tensor::from_vec(input, (prompts.len(), padded_len), device)?;
     let mut cache = model.new_cache();
-    let logits = model.forward(
-        &input,
-        Some(&mask_tensor(&mask_rows, device)?),
-        Some(&mut cache),
-    )?;
-    let mut next_logits = logits.i((.., padded_len - 1, ..))?;
+    let mut next_logits = last_position_logits(model, &input, &mask_rows, &mut cache)?;
 
     let sampling = config.sampling();
     let max_context = model.max_context();
@@ -238,12 +233,7 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
             })
             .collect();
         let input = Tensor::from_vec(last_tokens, (active.len(), 1), device)?;
-        let logits = model.forward(
-            &input,
-            Some(&mask_tensor(&mask_rows, device)?),
-            Some(&mut cache),
-        )?;
-        next_logits = logits.i((.., 0, ..))?;
+        next_logits = last_position_logits(model, &input, &mask_rows, &mut cache)?;
     }
 
     rows.into_iter()
@@ -285,6 +275,21 @@ fn validate_prompts<M: CausalLm + ?Sized>(
         }
     }
     Ok(())
+}
+
+/// Runs `input` through the model (appending to `cache`) and returns the logits of each row's last
+/// position, `[batch, vocab]`. The LM head runs on that position only: logits for a whole
+/// left-padded prompt batch would be `batch * seq * vocab` floats, gigabytes for long prompts.
+fn last_position_logits<M: CausalLm + ?Sized>(
+    model: &M,
+    input: &Tensor,
+    mask_rows: &[Vec<u32>],
+    cache: &mut KvCache,
+) -> Result<Tensor> {
+    let seq = input.dim(1)?;
+    let mask = mask_tensor(mask_rows, model.device())?;
+    let hidden = model.hidden_states(input, Some(&mask), Some(cache))?;
+    model.logits_from_hidden(&hidden.i((.., seq - 1, ..))?.contiguous()?)
 }
 
 fn mask_tensor(mask_rows: &[Vec<u32>], device: &candle_core::Device) -> Result<Tensor> {

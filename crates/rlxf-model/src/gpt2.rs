@@ -55,7 +55,14 @@ impl Gpt2 {
             let conv = WeightLayout::InOut;
             let projections = Gpt2Projections {
                 c_attn: Affine::new(attn_vb.pp("c_attn"), hidden, 3 * hidden, true, conv, stdev)?,
-                c_proj: Affine::new(attn_vb.pp("c_proj"), hidden, hidden, true, conv, residual_stdev)?,
+                c_proj: Affine::new(
+                    attn_vb.pp("c_proj"),
+                    hidden,
+                    hidden,
+                    true,
+                    conv,
+                    residual_stdev,
+                )?,
                 hidden,
             };
             let mut scale = 1.0;
@@ -65,7 +72,8 @@ impl Gpt2 {
             if config.scale_attn_by_inverse_layer_idx {
                 scale /= (layer + 1) as f64;
             }
-            let attention = SelfAttention::new(projections, hidden, config.n_head, Some(scale), None);
+            let attention =
+                SelfAttention::new(projections, hidden, config.n_head, Some(scale), None);
             let mlp = Mlp::new(
                 vb.pp("mlp"),
                 hidden,

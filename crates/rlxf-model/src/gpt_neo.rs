@@ -57,7 +57,14 @@ impl GptNeo {
         Decoder::build(vb, &dims, config.num_layers, |layer, vb| {
             let attn_vb = vb.pp("attn").pp("attention");
             let linear = |name: &str, bias: bool| {
-                Affine::new(attn_vb.pp(name), hidden, hidden, bias, WeightLayout::OutIn, stdev)
+                Affine::new(
+                    attn_vb.pp(name),
+                    hidden,
+                    hidden,
+                    bias,
+                    WeightLayout::OutIn,
+                    stdev,
+                )
             };
             let projections = GptNeoProjections {
                 q_proj: linear("q_proj", false)?,

@@ -73,18 +73,38 @@ impl LoadedModel {
             .into_iter()
             .map(|(name, tensor)| Ok((name, tensor.to_device(device)?)))
             .collect::<Result<HashMap<_, _>>>()?;
-        Self::from_varmap(config, weights::varmap_from_tensors(selected)?, device, dtype)
+        Self::from_varmap(
+            config,
+            weights::varmap_from_tensors(selected)?,
+            device,
+            dtype,
+        )
     }
 
     /// A freshly initialised model (HF's `_init_weights`: N(0, initializer_range) for linear and
     /// embedding weights, zero biases, unit layer-norm scales), reproducible from `seed`.
-    pub fn init_random(config: ModelConfig, seed: u64, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn init_random(
+        config: ModelConfig,
+        seed: u64,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let spec = parameter_spec(&config)?;
         let tensors = weights::init_tensors(&spec, seed, dtype, device)?;
-        Self::from_varmap(config, weights::varmap_from_tensors(tensors)?, device, dtype)
+        Self::from_varmap(
+            config,
+            weights::varmap_from_tensors(tensors)?,
+            device,
+            dtype,
+        )
     }
 
-    fn from_varmap(config: ModelConfig, varmap: VarMap, device: &Device, dtype: DType) -> Result<Self> {
+    fn from_varmap(
+        config: ModelConfig,
+        varmap: VarMap,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let model = build_model(&config, VarBuilder::from_varmap(&varmap, dtype, device))?;
         Ok(Self {
             config,

@@ -176,7 +176,10 @@ impl Tokenizer {
 pub fn gpt2_tokenizer_json() -> Value {
     let bpe = tiktoken_rs::r50k_base_singleton();
     let tokens: Vec<Vec<u8>> = (0..GPT2_EOS_ID)
-        .map(|rank| bpe.decode_bytes(&[rank]).expect("every rank below 50256 is a token"))
+        .map(|rank| {
+            bpe.decode_bytes(&[rank])
+                .expect("every rank below 50256 is a token")
+        })
         .collect();
     let ranks: HashMap<&[u8], u32> = tokens
         .iter()
@@ -184,7 +187,8 @@ pub fn gpt2_tokenizer_json() -> Value {
         .map(|(rank, token)| (token.as_slice(), rank as u32))
         .collect();
     let byte_chars = gpt2_byte_chars();
-    let to_unicode = |bytes: &[u8]| -> String { bytes.iter().map(|&b| byte_chars[b as usize]).collect() };
+    let to_unicode =
+        |bytes: &[u8]| -> String { bytes.iter().map(|&b| byte_chars[b as usize]).collect() };
 
     let mut vocab = Map::new();
     let mut merges = Vec::new();
@@ -196,9 +200,7 @@ pub fn gpt2_tokenizer_json() -> Value {
         }
     }
     vocab.insert(GPT2_EOS_TEXT.to_string(), json!(GPT2_EOS_ID));
-    let byte_level = |add_prefix_space: bool, trim_offsets: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": trim_offsets, "use_regex": true})
-    };
+    let byte_level = |add_prefix_space: bool, trim_offsets: bool| json!({"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": trim_offsets, "use_regex": true});
     json!({
         "version": "1.0",
         "truncation": null,

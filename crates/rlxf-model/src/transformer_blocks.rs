@@ -6,6 +6,7 @@
 //! Everything here is built from candle operations that have a backward pass (no fused
 //! `softmax_last_dim` / `layer_norm`), so the same forward serves inference and training.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -105,7 +106,9 @@ impl Affine {
 /// `x @ weight` for `x` of any rank, as one 2-D matmul (faster than a broadcast batched matmul).
 pub(crate) fn matmul_last_dim(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
-    let in_dim = *dims.last().expect("matmul input has at least one dimension");
+    let in_dim = *dims
+        .last()
+        .expect("matmul input has at least one dimension");
     let rows = x.elem_count() / in_dim;
     let output = x.reshape((rows, in_dim))?.matmul(weight)?;
     let mut out_dims = dims.to_vec();
@@ -354,8 +357,8 @@ impl<P: QkvProjection> Decoder<P> {
             .flat_map(|i| {
                 let query_slot = past + i;
                 (0..total).map(move |key_slot| {
-                    let visible = key_slot <= query_slot
-                        && window.is_none_or(|w| query_slot - key_slot < w);
+                    let visible =
+                        key_slot <= query_slot && window.is_none_or(|w| query_slot - key_slot < w);
                     if visible {
                         0.0
                     } else {
@@ -455,24 +458,29 @@ impl<P: QkvProjection> Decoder<P> {
                     .flatten()
                     .map(|&real| if real != 0 { 0.0 } else { MASKED_SCORE })
                     .collect();
-                Some(Tensor::from_vec(values, (batch, 1, 1, total), &self.device)?.to_dtype(dtype)?)
+                Some(
+                    Tensor::from_vec(values, (batch, 1, 1, total), &self.device)?
+                        .to_dtype(dtype)?,
+                )
             }
             None => None,
         };
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
         for (layer, block) in self.blocks.iter().enumerate() {
             let window = block.attn.window;
-            if !masks.contains_key(&window) {
-                let causal = self.causal_mask(seq, total, window, dtype)?;
-                // The minimum, not the sum: two masked values added would overflow to -inf.
-                let combined = match &padding_mask {
-                    Some(padding_mask) => causal.broadcast_minimum(padding_mask)?,
-                    None => causal,
-                };
-                masks.insert(window, combined);
-            }
+            let mask = match masks.entry(window) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    let causal = self.causal_mask(seq, total, window, dtype)?;
+                    // The minimum, not the sum: two masked values added would overflow to -inf.
+                    entry.insert(match &padding_mask {
+                        Some(padding_mask) => causal.broadcast_minimum(padding_mask)?,
+                        None => causal,
+                    })
+                }
+            };
             let layer_cache = cache.as_deref_mut().map(|cache| (cache, layer));
-            hidden = block.forward(&hidden, &masks[&window], layer_cache)?;
+            hidden = block.forward(&hidden, mask, layer_cache)?;
         }
         self.ln_f.forward(&hidden)
     }

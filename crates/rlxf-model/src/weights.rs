@@ -68,9 +68,7 @@ impl SimpleBackend for RecordingBackend {
 }
 
 /// Runs `build` against a recording backend and returns the parameters it asked for, in order.
-pub fn record_parameters<T>(
-    build: impl FnOnce(VarBuilder) -> Result<T>,
-) -> Result<Vec<ParamSpec>> {
+pub fn record_parameters<T>(build: impl FnOnce(VarBuilder) -> Result<T>) -> Result<Vec<ParamSpec>> {
     let backend = RecordingBackend::default();
     let vb = VarBuilder::from_backend(Box::new(backend.clone()), DType::F32, Device::Cpu);
     build(vb)?;
@@ -242,7 +240,9 @@ fn persist(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         let permissions = std::fs::Permissions::from_mode(0o644);
-        temp.as_file().set_permissions(permissions).map_err(io_error)?;
+        temp.as_file()
+            .set_permissions(permissions)
+            .map_err(io_error)?;
     }
     temp.persist(path).map_err(|err| io_error(err.error))?;
     Ok(())

@@ -16,12 +16,19 @@ fn loss(model: &LoadedModel, batch: &ContinuationBatch) -> Tensor {
 
 fn var(model: &LoadedModel, name: &str) -> Var {
     let data = model.varmap.data().lock().unwrap();
-    data.get(name).unwrap_or_else(|| panic!("no variable {name}")).clone()
+    data.get(name)
+        .unwrap_or_else(|| panic!("no variable {name}"))
+        .clone()
 }
 
 /// Adds `delta` to element `flat_index` of `var`.
 fn nudge(var: &Var, flat_index: usize, delta: f64) {
-    let mut values = var.as_tensor().flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let mut values = var
+        .as_tensor()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     values[flat_index] += delta;
     let updated = Tensor::from_vec(values, var.shape(), &Device::Cpu).unwrap();
     var.set(&updated).unwrap();
@@ -56,7 +63,10 @@ fn check_gradients(model: &LoadedModel, params: &[(&str, usize)]) {
         let error = (analytic - numeric).abs() / numeric.abs().max(1e-3);
         println!("{name}[{index}]: backprop {analytic:.8e}, finite difference {numeric:.8e}");
         assert!(analytic.abs() > 1e-6, "{name}: gradient vanished");
-        assert!(error < 1e-5, "{name}[{index}]: backprop {analytic} vs finite difference {numeric}");
+        assert!(
+            error < 1e-5,
+            "{name}[{index}]: backprop {analytic} vs finite difference {numeric}"
+        );
     }
 }
 

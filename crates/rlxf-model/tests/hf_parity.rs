@@ -12,8 +12,12 @@ use common::{fixture, max_abs_diff};
 const TOLERANCE: f32 = 1e-4;
 
 fn check_parity(model_dir: &str, expected_from: &str) {
-    let model = load_pretrained(fixture(model_dir).to_str().unwrap(), &Device::Cpu, DType::F32)
-        .unwrap();
+    let model = load_pretrained(
+        fixture(model_dir).to_str().unwrap(),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
     let expected = candle_core::safetensors::load(
         fixture(expected_from).join("expected_logits.safetensors"),
         &Device::Cpu,
@@ -24,12 +28,17 @@ fn check_parity(model_dir: &str, expected_from: &str) {
     let single = model.forward(&to_u32("single_ids"), None, None).unwrap();
     let diff = max_abs_diff(&single, &expected["single_logits"]);
     println!("{model_dir}: single sequence max |dlogit| = {diff:e}");
-    assert!(diff <= TOLERANCE, "{model_dir}: single sequence differs by {diff}");
+    assert!(
+        diff <= TOLERANCE,
+        "{model_dir}: single sequence differs by {diff}"
+    );
 
     // Left-padded batch: padded positions' outputs are meaningless in both libraries, so compare
     // real positions only.
     let mask = to_u32("batch_mask");
-    let batch = model.forward(&to_u32("batch_ids"), Some(&mask), None).unwrap();
+    let batch = model
+        .forward(&to_u32("batch_ids"), Some(&mask), None)
+        .unwrap();
     let expected_batch = &expected["batch_logits"];
     let mask_rows = mask.to_vec2::<u32>().unwrap();
     let mut worst = 0f32;
@@ -40,9 +49,18 @@ fn check_parity(model_dir: &str, expected_from: &str) {
         worst = worst.max(max_abs_diff(&ours, &theirs));
     }
     println!("{model_dir}: left-padded batch max |dlogit| = {worst:e}");
-    assert!(worst <= TOLERANCE, "{model_dir}: padded batch differs by {worst}");
+    assert!(
+        worst <= TOLERANCE,
+        "{model_dir}: padded batch differs by {worst}"
+    );
     // The test would be vacuous if the logits were near constant.
-    let spread = expected_batch.flatten_all().unwrap().abs().unwrap().max(0).unwrap();
+    let spread = expected_batch
+        .flatten_all()
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(spread.to_scalar::<f32>().unwrap() > 1.0);
 }
 

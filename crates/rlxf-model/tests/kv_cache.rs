@@ -22,14 +22,20 @@ fn cached_steps_equal_full_recompute() {
         let full = model.forward(&ids(&[&TOKENS]), None, None).unwrap();
         let mut cache = model.new_cache();
         // A 4-token prefill, then one token per step, longer than the local window.
-        let prefill = model.forward(&ids(&[&TOKENS[..4]]), None, Some(&mut cache)).unwrap();
+        let prefill = model
+            .forward(&ids(&[&TOKENS[..4]]), None, Some(&mut cache))
+            .unwrap();
         assert!(max_abs_diff(&prefill, &full.i((.., ..4)).unwrap()) <= TOLERANCE);
         for step in 4..TOKENS.len() {
             let logits = model
                 .forward(&ids(&[&TOKENS[step..=step]]), None, Some(&mut cache))
                 .unwrap();
             let diff = max_abs_diff(&logits, &full.i((.., step..=step)).unwrap());
-            assert!(diff <= TOLERANCE, "{}: step {step} differs by {diff}", config.model_type());
+            assert!(
+                diff <= TOLERANCE,
+                "{}: step {step} differs by {diff}",
+                config.model_type()
+            );
         }
         assert_eq!(cache.seq_len(), TOKENS.len());
     }
@@ -39,7 +45,9 @@ fn cached_steps_equal_full_recompute() {
 fn left_padded_batch_with_cache_equals_rows_alone() {
     let short = &TOKENS[..6];
     let pad = 0u32;
-    let padded_short: Vec<u32> = std::iter::repeat_n(pad, 4).chain(short.iter().copied()).collect();
+    let padded_short: Vec<u32> = std::iter::repeat_n(pad, 4)
+        .chain(short.iter().copied())
+        .collect();
     let mask_rows: [Vec<u32>; 2] = [vec![1; 10], [vec![0; 4], vec![1; 6]].concat()];
     let mask_flat: Vec<u32> = mask_rows.iter().flatten().copied().collect();
     let mask = Tensor::from_vec(mask_flat, (2, 10), &Device::Cpu).unwrap();
@@ -54,7 +62,10 @@ fn left_padded_batch_with_cache_equals_rows_alone() {
         let diff = max_abs_diff(&full.i(0).unwrap(), &alone_long.i(0).unwrap());
         assert!(diff <= TOLERANCE, "{kind}: batched row 0 differs by {diff}");
         let diff = max_abs_diff(&full.i((1, 4..)).unwrap(), &alone_short.i(0).unwrap());
-        assert!(diff <= TOLERANCE, "{kind}: padded row 1 differs from unpadded by {diff}");
+        assert!(
+            diff <= TOLERANCE,
+            "{kind}: padded row 1 differs from unpadded by {diff}"
+        );
 
         let mut cache = model.new_cache();
         let prefill = model
@@ -77,7 +88,10 @@ fn left_padded_batch_with_cache_equals_rows_alone() {
                 )
                 .unwrap();
             let diff = max_abs_diff(&logits, &full.i((.., step..=step)).unwrap());
-            assert!(diff <= TOLERANCE, "{kind}: cached step {step} differs by {diff}");
+            assert!(
+                diff <= TOLERANCE,
+                "{kind}: cached step {step} differs by {diff}"
+            );
         }
     }
 }
@@ -86,7 +100,9 @@ fn left_padded_batch_with_cache_equals_rows_alone() {
 fn masks_of_the_wrong_shape_are_rejected() {
     let model = random_model(small_neo_config(), 1, DType::F32);
     let mask = Tensor::ones((1, 5), DType::U32, &Device::Cpu).unwrap();
-    let err = model.forward(&ids(&[&TOKENS[..4]]), Some(&mask), None).unwrap_err();
+    let err = model
+        .forward(&ids(&[&TOKENS[..4]]), Some(&mask), None)
+        .unwrap_err();
     assert!(err.is_bad_input());
     assert!(err.to_string().contains("[1, 5]"), "{err}");
 }

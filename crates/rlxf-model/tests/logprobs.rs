@@ -21,7 +21,11 @@ fn direct_logprobs(model: &dyn CausalLm, prompt: &[u32], continuation: &[u32]) -
                 .to_vec1()
                 .unwrap();
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-            let log_sum: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln();
+            let log_sum: f64 = row
+                .iter()
+                .map(|&x| (x as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
             (row[token as usize] as f64 - max - log_sum) as f32
         })
         .collect()
@@ -71,7 +75,10 @@ fn masks_and_tensors_line_up() {
         out.mask.to_vec2::<f32>().unwrap(),
         vec![vec![1.0, 0.0], vec![1.0, 1.0]]
     );
-    assert_eq!(batch.input_ids.to_vec2::<u32>().unwrap()[1], vec![0, 4, 6, 7]);
+    assert_eq!(
+        batch.input_ids.to_vec2::<u32>().unwrap()[1],
+        vec![0, 4, 6, 7]
+    );
     let values = out.logprobs.to_vec2::<f32>().unwrap();
     assert_eq!(values[0][1], 0.0);
     assert!(values[1].iter().all(|&v| v < 0.0));

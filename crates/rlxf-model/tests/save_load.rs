@@ -33,7 +33,10 @@ fn write_logits(dir: &Path, tensors: HashMap<String, Tensor>) {
 #[test]
 fn saved_models_reload_with_identical_logits() {
     let temp = tempfile::tempdir().unwrap();
-    for (name, config) in [("gpt-neo", small_neo_config()), ("gpt2", small_gpt2_config())] {
+    for (name, config) in [
+        ("gpt-neo", small_neo_config()),
+        ("gpt2", small_gpt2_config()),
+    ] {
         let model = random_model(config, 5, DType::F32);
         let dir = output_dir(&temp, name);
         model.save_pretrained(&dir).unwrap();
@@ -72,9 +75,15 @@ fn seed_fixes_the_initialisation() {
     assert!(max_abs_diff(&logits(&a), &logits(&c)) > 0.0);
     // HF init: unit layer-norm scales, zero biases.
     let data = a.varmap.data().lock().unwrap();
-    let ln = data["transformer.h.0.ln_1.weight"].as_tensor().to_vec1::<f32>().unwrap();
+    let ln = data["transformer.h.0.ln_1.weight"]
+        .as_tensor()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(ln.iter().all(|&v| v == 1.0));
-    let bias = data["transformer.h.0.mlp.c_fc.bias"].as_tensor().to_vec1::<f32>().unwrap();
+    let bias = data["transformer.h.0.mlp.c_fc.bias"]
+        .as_tensor()
+        .to_vec1::<f32>()
+        .unwrap();
     assert!(bias.iter().all(|&v| v == 0.0));
 }
 
@@ -108,7 +117,9 @@ fn scalar_head_saves_as_sequence_classifier() {
     // Right padding: the last real token is found from the mask.
     let right_mask =
         Tensor::from_vec([vec![1u32; 5], vec![0; 4]].concat(), (1, 9), &Device::Cpu).unwrap();
-    let one = model.hidden_states(&ids(&[&TOKENS]), Some(&right_mask), None).unwrap();
+    let one = model
+        .hidden_states(&ids(&[&TOKENS]), Some(&right_mask), None)
+        .unwrap();
     let score = head.score_last_token(&one, Some(&right_mask)).unwrap();
     assert_eq!(
         score.to_vec1::<f32>().unwrap()[0],
@@ -118,7 +129,9 @@ fn scalar_head_saves_as_sequence_classifier() {
     let reloaded = load(&dir).unwrap();
     let reloaded_head = reloaded.scalar_head().unwrap().expect("head saved");
     let reloaded_hidden = reloaded.hidden_states(&input, Some(&mask), None).unwrap();
-    let again = reloaded_head.score_last_token(&reloaded_hidden, Some(&mask)).unwrap();
+    let again = reloaded_head
+        .score_last_token(&reloaded_hidden, Some(&mask))
+        .unwrap();
     assert_eq!(max_abs_diff(&rewards, &again), 0.0);
     let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
     assert!(config.contains("GPTNeoForSequenceClassification"));
@@ -127,8 +140,14 @@ fn scalar_head_saves_as_sequence_classifier() {
     write_logits(
         &dir,
         HashMap::from([
-            ("input_ids".to_string(), unpadded.to_dtype(DType::I64).unwrap()),
-            ("logits".to_string(), model.forward(&unpadded, None, None).unwrap()),
+            (
+                "input_ids".to_string(),
+                unpadded.to_dtype(DType::I64).unwrap(),
+            ),
+            (
+                "logits".to_string(),
+                model.forward(&unpadded, None, None).unwrap(),
+            ),
             (
                 "scores".to_string(),
                 head.score_last_token(&model.hidden_states(&unpadded, None, None).unwrap(), None)
@@ -142,7 +161,10 @@ fn expect_bad_input(err: ModelError, needles: &[&str]) {
     assert!(err.is_bad_input(), "not a bad-input error: {err}");
     let message = err.to_string();
     for needle in needles {
-        assert!(message.contains(needle), "`{message}` does not mention `{needle}`");
+        assert!(
+            message.contains(needle),
+            "`{message}` does not mention `{needle}`"
+        );
     }
 }
 
@@ -187,8 +209,15 @@ fn broken_checkpoints_give_clear_errors() {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).unwrap();
     std::fs::write(&config_path, text.replace("\"gpt2\"", "\"llama\"")).unwrap();
-    expect_bad_input(load(&dir).err().unwrap(), &["llama", "gpt_neo, gpt2", "config.json"]);
-    std::fs::write(&config_path, text.replace("\"n_head\": 2", "\"n_head\": -2")).unwrap();
+    expect_bad_input(
+        load(&dir).err().unwrap(),
+        &["llama", "gpt_neo, gpt2", "config.json"],
+    );
+    std::fs::write(
+        &config_path,
+        text.replace("\"n_head\": 2", "\"n_head\": -2"),
+    )
+    .unwrap();
     expect_bad_input(load(&dir).err().unwrap(), &["n_head", "config.json"]);
     std::fs::remove_file(&config_path).unwrap();
     expect_bad_input(load(&dir).err().unwrap(), &["config.json"]);
@@ -205,9 +234,14 @@ fn sequences_longer_than_the_position_table_are_rejected() {
         );
         // The cache counts too.
         let mut cache = model.new_cache();
-        model.forward(&ids(&[&long[..30]]), None, Some(&mut cache)).unwrap();
+        model
+            .forward(&ids(&[&long[..30]]), None, Some(&mut cache))
+            .unwrap();
         expect_bad_input(
-            model.forward(&ids(&[&long[..3]]), None, Some(&mut cache)).err().unwrap(),
+            model
+                .forward(&ids(&[&long[..3]]), None, Some(&mut cache))
+                .err()
+                .unwrap(),
             &["33", "32"],
         );
     }
@@ -225,7 +259,10 @@ fn preset_configs_match_hf() {
         panic!("wrong architecture")
     };
     // EleutherAI/gpt-neo-125M's config.json.
-    assert_eq!((neo.hidden_size, neo.num_layers, neo.num_heads), (768, 12, 12));
+    assert_eq!(
+        (neo.hidden_size, neo.num_layers, neo.num_heads),
+        (768, 12, 12)
+    );
     assert_eq!((neo.window_size, neo.max_position_embeddings), (256, 2048));
     assert_eq!(neo.vocab_size, 50257);
     let spec = rlxf_model::parameter_spec(&ModelConfig::GptNeo(neo)).unwrap();

@@ -23,6 +23,9 @@ use crate::metrics::MetricsWriter;
 use crate::optim::{self, AdamW, AdamWConfig};
 use crate::schedule::{Decay, Schedule};
 
+/// The run's resolved config, written into the run directory at the start of a run.
+pub const CONFIG_FILE: &str = "config.toml";
+
 /// Settings of the loop, shared by every algorithm (the `[train]` table of a config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -256,6 +259,9 @@ pub fn train(
         return Err(TrainError::InvalidInput("no training examples".into()));
     }
     std::fs::create_dir_all(run_dir).map_err(|err| TrainError::io(run_dir, err))?;
+    if !config_text.is_empty() {
+        checkpoint::write_atomic(&run_dir.join(CONFIG_FILE), config_text.as_bytes())?;
+    }
     let total_steps = config.total_steps(examples);
     let schedule = Schedule {
         peak_lr: config.learning_rate.unwrap_or(default_lr),

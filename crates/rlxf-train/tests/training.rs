@@ -174,7 +174,7 @@ fn tiny_bundle(seed: u64) -> ModelBundle {
     }
 }
 
-const LENGTHS: Lengths = Lengths { max_length: 96, max_prompt_length: 64 };
+const LENGTHS: Lengths = Lengths { max_length: 64, max_prompt_length: 40 };
 
 fn run_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -192,15 +192,15 @@ fn sft_on_hh_lowers_held_out_loss() {
     let (train_examples, eval_examples) = (examples[..200].to_vec(), examples[200..].to_vec());
     let mut objective = SftObjective::new(bundle.model, PAD, train_examples, eval_examples.clone(), 8);
     let before = objective.mean_nll(&eval_examples).unwrap();
-    let config = LoopConfig { seed: 1, epochs: 1, batch_size: 8, learning_rate: Some(2e-3), warmup_steps: 2, ..LoopConfig::default() };
+    let config = LoopConfig { seed: 1, epochs: 1, batch_size: 8, learning_rate: Some(5e-3), warmup_steps: 2, ..LoopConfig::default() };
     let (_dir, run) = run_dir();
     let summary = train(&mut objective, &config, 1.0, &run, "", &RunOptions::default(), &mut Silent).unwrap();
     let after = objective.mean_nll(&eval_examples).unwrap();
     eprintln!("SFT held-out NLL {before:.3} -> {after:.3} in {:.1}s", began.elapsed().as_secs_f64());
     // A random init predicts ~uniformly (ln 50257 = 10.8 nats); 25 steps learn at least the
-    // unigram distribution of replies, worth several nats.
+    // frequent reply tokens (the unigram entropy of English BPE text is ~7.5 nats).
     assert!(before > 10.0);
-    assert!(after < before - 2.0, "{before} -> {after}");
+    assert!(after < before - 1.5, "{before} -> {after}");
     let eval_loss = summary.eval.iter().find(|(name, _)| name == "eval_loss").unwrap().1;
     assert!((eval_loss - after).abs() < 1e-6);
 }

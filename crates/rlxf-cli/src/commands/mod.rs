@@ -4,6 +4,7 @@ pub mod data;
 pub mod generate;
 pub mod logprobs;
 pub mod model;
+pub mod train;
 
 /// Exit code for an error: 2 when the user's input caused it, 1 otherwise.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
@@ -14,6 +15,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<rlxf_model::ModelError>()
                 .is_some_and(rlxf_model::ModelError::is_bad_input)
+            || cause
+                .downcast_ref::<rlxf_train::TrainError>()
+                .is_some_and(rlxf_train::TrainError::is_bad_input)
             || cause.downcast_ref::<BadInput>().is_some()
     });
     if bad_input {
