@@ -129,7 +129,11 @@ pub fn read_state(checkpoint: &Path) -> Result<TrainerState> {
 
 /// Restores the model's weights and the optimiser's state from `checkpoint`; returns the trainer
 /// state. The model must have exactly the checkpoint's parameters.
-pub fn restore(checkpoint: &Path, model: &LoadedModel, optimizer: &mut AdamW) -> Result<TrainerState> {
+pub fn restore(
+    checkpoint: &Path,
+    model: &LoadedModel,
+    optimizer: &mut AdamW,
+) -> Result<TrainerState> {
     let state = read_state(checkpoint)?;
     let weights_path = checkpoint.join(MODEL_FILE);
     let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
@@ -157,9 +161,11 @@ pub fn restore(checkpoint: &Path, model: &LoadedModel, optimizer: &mut AdamW) ->
                 param.var.dims()
             )));
         }
-        param
-            .var
-            .set(&tensor.to_dtype(param.var.dtype())?.to_device(model.model.device())?)?;
+        param.var.set(
+            &tensor
+                .to_dtype(param.var.dtype())?
+                .to_device(model.model.device())?,
+        )?;
     }
     optimizer.load(&checkpoint.join(OPTIMIZER_FILE))?;
     Ok(state)

@@ -21,12 +21,19 @@ pub fn parse_config<T: DeserializeOwned + Serialize>(
         reason,
     };
     let mut root: toml::Table = text.parse().map_err(|err: toml::de::Error| {
-        invalid(&err.span().map_or("(file)".into(), |span| format!("at byte {}", span.start)), err.message().to_string())
+        invalid(
+            &err.span()
+                .map_or("(file)".into(), |span| format!("at byte {}", span.start)),
+            err.message().to_string(),
+        )
     })?;
     for item in overrides {
-        let (key, value) = item
-            .split_once('=')
-            .ok_or_else(|| invalid(item, "an override must look like section.field=value".into()))?;
+        let (key, value) = item.split_once('=').ok_or_else(|| {
+            invalid(
+                item,
+                "an override must look like section.field=value".into(),
+            )
+        })?;
         set_dotted(&mut root, key.trim(), parse_value(value.trim()))
             .map_err(|reason| invalid(key, reason))?;
     }
@@ -43,7 +50,11 @@ pub fn read_config<T: DeserializeOwned + Serialize>(
     path: &Path,
     overrides: &[String],
 ) -> Result<(T, String)> {
-    let text = std::fs::read_to_string(path).map_err(|err| TrainError::io(path, err))?;
+    let text = std::fs::read_to_string(path).map_err(|err| TrainError::InvalidConfig {
+        path: path.to_path_buf(),
+        field: "(file)".into(),
+        reason: format!("cannot read it: {err}"),
+    })?;
     parse_config(&text, path, overrides)
 }
 
@@ -56,9 +67,16 @@ fn parse_value(text: &str) -> toml::Value {
         .unwrap_or_else(|| toml::Value::String(text.to_string()))
 }
 
-fn set_dotted(root: &mut toml::Table, key: &str, value: toml::Value) -> std::result::Result<(), String> {
+fn set_dotted(
+    root: &mut toml::Table,
+    key: &str,
+    value: toml::Value,
+) -> std::result::Result<(), String> {
     let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts.pop().filter(|last| !last.is_empty()).ok_or("empty key")?;
+    let last = parts
+        .pop()
+        .filter(|last| !last.is_empty())
+        .ok_or("empty key")?;
     let mut table = root;
     for part in parts {
         let entry = table
@@ -70,4 +88,46 @@ fn set_dotted(root: &mut toml::Table, key: &str, value: toml::Value) -> std::res
     }
     table.insert(last.to_string(), value);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sft::{SftConfig, Target};
+
+    #[test]
+    fn overrides_apply_and_defaults_fill_the_rest() {
+        let text = "model = \"x\"\n[train]\nepochs = 2\n";
+        let overrides = [
+            "train.learning_rate=1e-4".to_string(),
+            "target=rejected".to_string(),
+            "data.max_pairs=10".to_string(),
+        ];
+        let (config, resolved): (SftConfig, String) =
+            parse_config(text, Path::new("c.toml"), &overrides).unwrap();
+        assert_eq!(config.model, "x");
+        assert_eq!(config.train.epochs, 2);
+        assert_eq!(config.train.learning_rate, Some(1e-4));
+        assert_eq!(config.target, Target::Rejected);
+        assert_eq!(config.data.max_pairs, Some(10));
+        assert_eq!(config.train.batch_size, 8);
+        let (again, _): (SftConfig, String) =
+            parse_config(&resolved, Path::new("r.toml"), &[]).unwrap();
+        assert_eq!(again, config);
+    }
+
+    #[test]
+    fn unknown_and_mistyped_fields_name_the_field() {
+        let err = parse_config::<SftConfig>("[train]\nepoch = 2\n", Path::new("c.toml"), &[])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("train") && err.to_string().contains("epoch"),
+            "{err}"
+        );
+        let err =
+            parse_config::<SftConfig>("[train]\nepochs = \"two\"\n", Path::new("c.toml"), &[])
+                .unwrap_err();
+        assert!(err.to_string().contains("train.epochs"), "{err}");
+        assert!(err.is_bad_input());
+    }
 }

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TrainError};
 use crate::losses::{dpo_loss, to_f64s, DpoLossConfig, PairStats};
 use crate::setup::{self, DataConfig, EncodedPair, Lengths};
-use crate::trainer::{self, LoopConfig, MicroBatchOutput, Objective, RunOptions, TrainObserver, TrainSummary};
+use crate::trainer::{
+    self, LoopConfig, MicroBatchOutput, Objective, RunOptions, TrainObserver, TrainSummary,
+};
 
 /// DPO learning rate when the config gives none: 5e-7, Zephyr's DPO rate (Tunstall et al. 2023);
 /// TRL's `DPOConfig` default is 1e-6. DPO needs rates far below SFT's.
@@ -64,7 +66,10 @@ impl Default for DpoConfig {
 
 impl DpoConfig {
     pub fn lengths(&self) -> Lengths {
-        Lengths { max_length: self.max_length, max_prompt_length: self.max_prompt_length }
+        Lengths {
+            max_length: self.max_length,
+            max_prompt_length: self.max_prompt_length,
+        }
     }
 
     fn validate(&self, origin: &Path) -> Result<()> {
@@ -90,7 +95,11 @@ pub fn pair_logprob_sums(
     pairs: &[&EncodedPair],
     pad_id: u32,
 ) -> Result<(Tensor, Tensor, usize)> {
-    let prompts: Vec<Vec<u32>> = pairs.iter().chain(pairs).map(|p| p.prompt.clone()).collect();
+    let prompts: Vec<Vec<u32>> = pairs
+        .iter()
+        .chain(pairs)
+        .map(|p| p.prompt.clone())
+        .collect();
     let replies: Vec<Vec<u32>> = pairs
         .iter()
         .map(|p| p.chosen.clone())
@@ -99,7 +108,11 @@ pub fn pair_logprob_sums(
     let batch = ContinuationBatch::new(&prompts, &replies, Padding::Right, pad_id, model.device())?;
     let sums = continuation_logprobs(model, &batch)?.sums()?;
     let n = pairs.len();
-    let tokens = prompts.iter().zip(&replies).map(|(p, r)| p.len() + r.len()).sum();
+    let tokens = prompts
+        .iter()
+        .zip(&replies)
+        .map(|(p, r)| p.len() + r.len())
+        .sum();
     Ok((sums.narrow(0, 0, n)?, sums.narrow(0, n, n)?, tokens))
 }
 
@@ -167,18 +180,32 @@ impl DpoObjective {
         reference: HashMap<String, (f64, f64)>,
         eval_batch_size: usize,
     ) -> Result<Self> {
-        if let Some(missing) = train.iter().chain(&eval).find(|p| !reference.contains_key(&p.id)) {
+        if let Some(missing) = train
+            .iter()
+            .chain(&eval)
+            .find(|p| !reference.contains_key(&p.id))
+        {
             return Err(TrainError::InvalidInput(format!(
                 "no reference log-probs for pair `{}`",
                 missing.id
             )));
         }
         let soft = train.iter().any(|pair| pair.label != 1.0);
-        Ok(Self { model, pad_id, loss, train, eval, reference, eval_batch_size: eval_batch_size.max(1), soft })
+        Ok(Self {
+            model,
+            pad_id,
+            loss,
+            train,
+            eval,
+            reference,
+            eval_batch_size: eval_batch_size.max(1),
+            soft,
+        })
     }
 
     fn reference_tensors(&self, pairs: &[&EncodedPair], like: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (chosen, rejected): (Vec<f64>, Vec<f64>) = pairs.iter().map(|p| self.reference[&p.id]).unzip();
+        let (chosen, rejected): (Vec<f64>, Vec<f64>) =
+            pairs.iter().map(|p| self.reference[&p.id]).unzip();
         let to_tensor = |values: Vec<f64>| -> Result<Tensor> {
             Ok(Tensor::new(values, like.device())?.to_dtype(like.dtype())?)
         };
@@ -189,11 +216,21 @@ impl DpoObjective {
         let (chosen, rejected, tokens) = pair_logprob_sums(&self.model, pairs, self.pad_id)?;
         let (ref_chosen, ref_rejected) = self.reference_tensors(pairs, &chosen)?;
         let labels = if self.soft {
-            Some(Tensor::new(pairs.iter().map(|p| p.label).collect::<Vec<_>>(), chosen.device())?)
+            Some(Tensor::new(
+                pairs.iter().map(|p| p.label).collect::<Vec<_>>(),
+                chosen.device(),
+            )?)
         } else {
             None
         };
-        let loss = dpo_loss(&chosen, &rejected, &ref_chosen, &ref_rejected, self.loss, labels.as_ref())?;
+        let loss = dpo_loss(
+            &chosen,
+            &rejected,
+            &ref_chosen,
+            &ref_rejected,
+            self.loss,
+            labels.as_ref(),
+        )?;
         Ok((loss, tokens))
     }
 
@@ -204,7 +241,12 @@ impl DpoObjective {
         for chunk in pairs.chunks(self.eval_batch_size) {
             let refs: Vec<&EncodedPair> = chunk.iter().collect();
             let (loss, _) = self.losses(&refs)?;
-            loss_sum += loss.losses.detach().to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+            loss_sum += loss
+                .losses
+                .detach()
+                .to_dtype(DType::F64)?
+                .sum_all()?
+                .to_scalar::<f64>()?;
             chosen.extend(to_f64s(&loss.chosen_rewards)?);
             rejected.extend(to_f64s(&loss.rejected_rewards)?);
         }
@@ -235,7 +277,10 @@ impl Objective for DpoObjective {
     fn micro_batch(&mut self, examples: &[usize]) -> Result<MicroBatchOutput> {
         let pairs: Vec<&EncodedPair> = examples.iter().map(|&i| &self.train[i]).collect();
         let (loss, tokens) = self.losses(&pairs)?;
-        let stats = PairStats::of(&to_f64s(&loss.chosen_rewards)?, &to_f64s(&loss.rejected_rewards)?);
+        let stats = PairStats::of(
+            &to_f64s(&loss.chosen_rewards)?,
+            &to_f64s(&loss.rejected_rewards)?,
+        );
         let n = pairs.len() as f64;
         Ok(MicroBatchOutput {
             loss_sum: loss.losses.sum_all()?,
@@ -270,10 +315,12 @@ fn read_cache(path: &Path) -> Result<Option<HashMap<String, (f64, f64)>>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(path).map_err(|err| TrainError::io(path, err))?;
-    serde_json::from_str(&text).map(Some).map_err(|err| TrainError::Checkpoint {
-        path: path.to_path_buf(),
-        reason: err.to_string(),
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|err| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: err.to_string(),
+        })
 }
 
 /// Runs DPO as `config` says (see [`crate::sft::run`] for the arguments).
@@ -286,9 +333,16 @@ pub fn run(
 ) -> Result<TrainSummary> {
     config.validate(origin)?;
     let bundle = setup::load_model(&config.model, config.train.seed)?;
-    config.lengths().validate(origin, bundle.model.max_context())?;
+    config
+        .lengths()
+        .validate(origin, bundle.model.max_context())?;
     let data = setup::load_data(&config.data, config.train.seed)?;
-    let labels = config.data.labels.as_ref().map(|path| setup::read_labels(Path::new(path))).transpose()?;
+    let labels = config
+        .data
+        .labels
+        .as_ref()
+        .map(|path| setup::read_labels(Path::new(path)))
+        .transpose()?;
     let train = setup::encode_pairs(&bundle, &data.train, config.lengths(), labels.as_ref())?;
     let eval = setup::encode_pairs(&bundle, &data.eval, config.lengths(), labels.as_ref())?;
     let all: Vec<EncodedPair> = train.iter().chain(&eval).cloned().collect();
@@ -296,14 +350,24 @@ pub fn run(
     let pad_id = bundle.tokenizer.pad_id();
     let batch = config.train.micro_batch();
 
-    std::fs::create_dir_all(&config.output_dir).map_err(|err| TrainError::io(&config.output_dir, err))?;
+    std::fs::create_dir_all(&config.output_dir)
+        .map_err(|err| TrainError::io(&config.output_dir, err))?;
     let cache_path: PathBuf = config.output_dir.join(REFERENCE_CACHE_FILE);
-    let cached = if options.resume { read_cache(&cache_path)? } else { None };
+    let cached = if options.resume {
+        read_cache(&cache_path)?
+    } else {
+        None
+    };
     let reference = match cached {
         Some(cache) => cache,
         None => {
             let cache = match &config.reference {
-                Some(source) => reference_logprobs(&setup::load_model(source, config.train.seed)?.model, &all, pad_id, batch)?,
+                Some(source) => reference_logprobs(
+                    &setup::load_model(source, config.train.seed)?.model,
+                    &all,
+                    pad_id,
+                    batch,
+                )?,
                 None => reference_logprobs(&bundle.model, &all, pad_id, batch)?,
             };
             let text = serde_json::to_string(&cache).expect("a map of numbers serialises");
@@ -311,7 +375,19 @@ pub fn run(
             cache
         }
     };
-    let loss = DpoLossConfig { beta: config.beta, label_smoothing: config.label_smoothing };
-    let mut objective = DpoObjective::new(bundle.model, pad_id, loss, train, eval, reference, batch)?;
-    trainer::train(&mut objective, &config.train, DEFAULT_LR, &config.output_dir, config_text, options, observer)
+    let loss = DpoLossConfig {
+        beta: config.beta,
+        label_smoothing: config.label_smoothing,
+    };
+    let mut objective =
+        DpoObjective::new(bundle.model, pad_id, loss, train, eval, reference, batch)?;
+    trainer::train(
+        &mut objective,
+        &config.train,
+        DEFAULT_LR,
+        &config.output_dir,
+        config_text,
+        options,
+        observer,
+    )
 }

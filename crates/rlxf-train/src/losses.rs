@@ -102,8 +102,12 @@ pub fn dpo_loss(
     let logits = ((policy_margin - reference_margin)? * config.beta)?;
     let eps = config.label_smoothing;
     let targets = match soft_labels {
-        Some(labels) => labels.to_dtype(logits.dtype())?.affine(1.0 - 2.0 * eps, eps)?,
-        None => Tensor::full(1.0 - eps, logits.dims(), logits.device())?.to_dtype(logits.dtype())?,
+        Some(labels) => labels
+            .to_dtype(logits.dtype())?
+            .affine(1.0 - 2.0 * eps, eps)?,
+        None => {
+            Tensor::full(1.0 - eps, logits.dims(), logits.device())?.to_dtype(logits.dtype())?
+        }
     };
     let losses = soft_logistic_loss(&logits, &targets)?;
     let chosen_rewards = ((policy_chosen - reference_chosen)? * config.beta)?.detach();
@@ -138,7 +142,11 @@ impl PairStats {
         let n = pairs as f64;
         let margins: Vec<f64> = chosen.iter().zip(rejected).map(|(c, r)| c - r).collect();
         let mean_margin = margins.iter().sum::<f64>() / n;
-        let variance = margins.iter().map(|m| (m - mean_margin).powi(2)).sum::<f64>() / n;
+        let variance = margins
+            .iter()
+            .map(|m| (m - mean_margin).powi(2))
+            .sum::<f64>()
+            / n;
         Self {
             pairs,
             accuracy: margins.iter().filter(|&&m| m > 0.0).count() as f64 / n,

@@ -139,7 +139,12 @@ struct AdamWKernel<'a> {
 }
 
 fn update<T: WithDType>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], s: UpdateScalars) {
-    for (((p, &g), m), v) in param.iter_mut().zip(grad).zip(m.iter_mut()).zip(v.iter_mut()) {
+    for (((p, &g), m), v) in param
+        .iter_mut()
+        .zip(grad)
+        .zip(m.iter_mut())
+        .zip(v.iter_mut())
+    {
         let g = g.to_f64() * s.grad_scale;
         let mut p64 = p.to_f64() * s.decay_factor;
         let m64 = s.beta1 * m.to_f64() + (1.0 - s.beta1) * g;
@@ -319,9 +324,9 @@ impl AdamW {
         for state in &mut self.params {
             let name = &state.param.name;
             let get = |suffix: &str| {
-                tensors
-                    .get(&format!("{name}.{suffix}"))
-                    .ok_or_else(|| checkpoint_error(format!("no optimiser state `{name}.{suffix}`")))
+                tensors.get(&format!("{name}.{suffix}")).ok_or_else(|| {
+                    checkpoint_error(format!("no optimiser state `{name}.{suffix}`"))
+                })
             };
             let (m, v, step) = (get("exp_avg")?, get("exp_avg_sq")?, get("step")?);
             if m.dims() != state.param.var.dims() || v.dims() != state.param.var.dims() {

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::losses::{bradley_terry_loss, to_f64s, PairStats};
 use crate::setup::{self, DataConfig, EncodedPair, Lengths};
-use crate::trainer::{self, LoopConfig, MicroBatchOutput, Objective, RunOptions, TrainObserver, TrainSummary};
+use crate::trainer::{
+    self, LoopConfig, MicroBatchOutput, Objective, RunOptions, TrainObserver, TrainSummary,
+};
 
 /// Reward-model learning rate when the config gives none: 1e-5, the rate of TRL's reward-modelling
 /// examples and of InstructGPT's 6B reward model (Ouyang et al. 2022, ~9e-6).
@@ -48,7 +50,10 @@ impl Default for RewardConfig {
 
 impl RewardConfig {
     pub fn lengths(&self) -> Lengths {
-        Lengths { max_length: self.max_length, max_prompt_length: self.max_prompt_length }
+        Lengths {
+            max_length: self.max_length,
+            max_prompt_length: self.max_prompt_length,
+        }
     }
 }
 
@@ -73,7 +78,11 @@ pub fn score_pairs(
     pairs: &[&EncodedPair],
     pad_id: u32,
 ) -> Result<(Tensor, Tensor)> {
-    let prompts: Vec<Vec<u32>> = pairs.iter().chain(pairs).map(|p| p.prompt.clone()).collect();
+    let prompts: Vec<Vec<u32>> = pairs
+        .iter()
+        .chain(pairs)
+        .map(|p| p.prompt.clone())
+        .collect();
     let replies: Vec<Vec<u32>> = pairs
         .iter()
         .map(|p| p.chosen.clone())
@@ -110,7 +119,15 @@ impl RewardObjective {
             None => model.attach_scalar_head(head_seed)?,
         };
         let soft = train.iter().any(|pair| pair.label != 1.0);
-        Ok(Self { model, head, pad_id, train, eval, eval_batch_size: eval_batch_size.max(1), soft })
+        Ok(Self {
+            model,
+            head,
+            pad_id,
+            train,
+            eval,
+            eval_batch_size: eval_batch_size.max(1),
+            soft,
+        })
     }
 
     /// Pairwise accuracy and margin statistics of the current model on `pairs`.
@@ -157,8 +174,14 @@ impl Objective for RewardObjective {
         let n = pairs.len() as f64;
         Ok(MicroBatchOutput {
             loss_sum: losses.sum_all()?,
-            tokens: pairs.iter().map(|p| 2 * p.prompt.len() + p.chosen.len() + p.rejected.len()).sum(),
-            metric_sums: vec![("accuracy", stats.accuracy * n), ("margin", stats.mean_margin * n)],
+            tokens: pairs
+                .iter()
+                .map(|p| 2 * p.prompt.len() + p.chosen.len() + p.rejected.len())
+                .sum(),
+            metric_sums: vec![
+                ("accuracy", stats.accuracy * n),
+                ("margin", stats.mean_margin * n),
+            ],
         })
     }
 
@@ -187,14 +210,36 @@ pub fn run(
 ) -> Result<TrainSummary> {
     config.train.validate(origin)?;
     let bundle = setup::load_model(&config.model, config.train.seed)?;
-    config.lengths().validate(origin, bundle.model.max_context())?;
+    config
+        .lengths()
+        .validate(origin, bundle.model.max_context())?;
     let data = setup::load_data(&config.data, config.train.seed)?;
-    let labels = config.data.labels.as_ref().map(|path| setup::read_labels(Path::new(path))).transpose()?;
+    let labels = config
+        .data
+        .labels
+        .as_ref()
+        .map(|path| setup::read_labels(Path::new(path)))
+        .transpose()?;
     let train = setup::encode_pairs(&bundle, &data.train, config.lengths(), labels.as_ref())?;
     let eval = setup::encode_pairs(&bundle, &data.eval, config.lengths(), labels.as_ref())?;
     let pad_id = bundle.tokenizer.pad_id();
-    let mut objective = RewardObjective::new(bundle.model, config.train.seed, pad_id, train, eval, config.train.micro_batch())?;
-    trainer::train(&mut objective, &config.train, DEFAULT_LR, &config.output_dir, config_text, options, observer)
+    let mut objective = RewardObjective::new(
+        bundle.model,
+        config.train.seed,
+        pad_id,
+        train,
+        eval,
+        config.train.micro_batch(),
+    )?;
+    trainer::train(
+        &mut objective,
+        &config.train,
+        DEFAULT_LR,
+        &config.output_dir,
+        config_text,
+        options,
+        observer,
+    )
 }
 
 /// Scores of `(prompt, reply)` texts with a trained reward model, in batches of `batch_size`.
@@ -205,26 +250,25 @@ pub fn score_texts(
     batch_size: usize,
 ) -> Result<Vec<f64>> {
     let head = bundle.model.scalar_head()?.ok_or_else(|| {
-        crate::TrainError::InvalidInput("the model has no reward head (`score.weight`); train one with `rlxf train rm`".into())
+        crate::TrainError::InvalidInput(
+            "the model has no reward head (`score.weight`); train one with `rlxf train rm`".into(),
+        )
     })?;
     let mut scores = Vec::with_capacity(items.len());
     for chunk in items.chunks(batch_size.max(1)) {
-        let encoded = chunk
+        let (prompts, replies): (Vec<Vec<u32>>, Vec<Vec<u32>>) = chunk
             .iter()
-            .map(|(prompt, reply)| {
-                let pair = rlxf_data::PreferencePair {
-                    id: String::new(),
-                    prompt: prompt.clone(),
-                    chosen: reply.clone(),
-                    rejected: String::new(),
-                    context: None,
-                };
-                setup::encode_pair(bundle, &pair, lengths, 1.0)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let prompts: Vec<Vec<u32>> = encoded.iter().map(|e| e.prompt.clone()).collect();
-        let replies: Vec<Vec<u32>> = encoded.iter().map(|e| e.chosen.clone()).collect();
-        let batch_scores = score_sequences(&bundle.model, &head, &prompts, &replies, bundle.tokenizer.pad_id())?;
+            .map(|(prompt, reply)| setup::encode_reply(bundle, prompt, reply, lengths))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        let batch_scores = score_sequences(
+            &bundle.model,
+            &head,
+            &prompts,
+            &replies,
+            bundle.tokenizer.pad_id(),
+        )?;
         scores.extend(to_f64s(&batch_scores.detach())?);
     }
     Ok(scores)

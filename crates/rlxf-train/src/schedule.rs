@@ -61,7 +61,10 @@ mod tests {
             let s = schedule(decay);
             let expected = [0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3];
             for (step, want) in expected.iter().enumerate() {
-                assert!((s.lr(step as u64) - want).abs() < 1e-15, "{decay:?} step {step}");
+                assert!(
+                    (s.lr(step as u64) - want).abs() < 1e-15,
+                    "{decay:?} step {step}"
+                );
             }
         }
     }

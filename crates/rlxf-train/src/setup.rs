@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use rlxf_data::{load_pairs, shuffle_cap_split, LoadOptions, PreferencePair, Source, SplitRatios};
 use rlxf_model::{
-    load_tokenizer, ChatTemplate, GptNeoConfig, Gpt2Config, LoadedModel, ModelConfig, Tokenizer,
+    load_tokenizer, ChatTemplate, Gpt2Config, GptNeoConfig, LoadedModel, ModelConfig, Tokenizer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,15 +108,29 @@ pub fn load_data(config: &DataConfig, seed: u64) -> Result<DataSplit> {
     let pairs = load_source(&config.train)?;
     match &config.eval {
         Some(eval) => {
-            let all = SplitRatios { train: 1.0, validation: 0.0, test: 0.0 };
+            let all = SplitRatios {
+                train: 1.0,
+                validation: 0.0,
+                test: 0.0,
+            };
             let (splits, _) = shuffle_cap_split(pairs, seed, config.max_pairs, all);
-            Ok(DataSplit { train: splits.train, eval: load_source(eval)? })
+            Ok(DataSplit {
+                train: splits.train,
+                eval: load_source(eval)?,
+            })
         }
         None => {
             let fraction = config.eval_fraction;
-            let ratios = SplitRatios { train: 1.0 - fraction, validation: fraction, test: 0.0 };
+            let ratios = SplitRatios {
+                train: 1.0 - fraction,
+                validation: fraction,
+                test: 0.0,
+            };
             let (splits, _) = shuffle_cap_split(pairs, seed, config.max_pairs, ratios);
-            Ok(DataSplit { train: splits.train, eval: splits.validation })
+            Ok(DataSplit {
+                train: splits.train,
+                eval: splits.validation,
+            })
         }
     }
 }
@@ -130,7 +144,11 @@ pub fn read_labels(path: &Path) -> Result<HashMap<String, f64>> {
     }
     let text = std::fs::read_to_string(path).map_err(|err| TrainError::io(path, err))?;
     let mut labels = HashMap::new();
-    for (index, line) in text.lines().enumerate().filter(|(_, line)| !line.trim().is_empty()) {
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+    {
         let record = || format!("line {}", index + 1);
         let label: Label = serde_json::from_str(line).map_err(|err| TrainError::InvalidRecord {
             origin: path.display().to_string(),
@@ -164,13 +182,19 @@ impl Lengths {
         if self.max_prompt_length == 0 || self.max_prompt_length >= self.max_length {
             return Err(invalid(
                 "max_prompt_length",
-                format!("must be at least 1 and below max_length ({})", self.max_length),
+                format!(
+                    "must be at least 1 and below max_length ({})",
+                    self.max_length
+                ),
             ));
         }
         if self.max_length > model_context {
             return Err(invalid(
                 "max_length",
-                format!("{} exceeds the model's context of {model_context} tokens", self.max_length),
+                format!(
+                    "{} exceeds the model's context of {model_context} tokens",
+                    self.max_length
+                ),
             ));
         }
         Ok(())
@@ -197,33 +221,64 @@ pub fn encode_pair(
     lengths: Lengths,
     label: f64,
 ) -> Result<EncodedPair> {
-    let mut prompt = bundle.tokenizer.encode(&pair.prompt)?;
-    let chosen = bundle.template.completion_ids(&bundle.tokenizer, &pair.chosen)?;
-    let rejected = bundle.template.completion_ids(&bundle.tokenizer, &pair.rejected)?;
+    let [chosen, rejected] = [&pair.chosen, &pair.rejected]
+        .map(|reply| bundle.template.completion_ids(&bundle.tokenizer, reply));
+    let (prompt, replies) = encode_truncated(
+        bundle,
+        &pair.prompt,
+        &pair.id,
+        vec![chosen?, rejected?],
+        lengths,
+    )?;
+    let [chosen, rejected]: [Vec<u32>; 2] = replies.try_into().expect("two replies in, two out");
+    Ok(EncodedPair {
+        id: pair.id.clone(),
+        prompt,
+        chosen,
+        rejected,
+        label,
+    })
+}
+
+/// Tokenizes a prompt and one reply (EOS appended) and truncates them to `lengths`.
+pub fn encode_reply(
+    bundle: &ModelBundle,
+    prompt: &str,
+    reply: &str,
+    lengths: Lengths,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let reply = bundle.template.completion_ids(&bundle.tokenizer, reply)?;
+    let (prompt, mut replies) = encode_truncated(bundle, prompt, "(prompt)", vec![reply], lengths)?;
+    Ok((prompt, replies.remove(0)))
+}
+
+/// Tokenizes `prompt`; when it plus the longest reply exceeds `max_length`, keeps the prompt's last
+/// `max_prompt_length` tokens, then cuts every reply to the room left.
+fn encode_truncated(
+    bundle: &ModelBundle,
+    prompt: &str,
+    record: &str,
+    mut replies: Vec<Vec<u32>>,
+    lengths: Lengths,
+) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+    let mut prompt = bundle.tokenizer.encode(prompt)?;
     if prompt.is_empty() {
         return Err(TrainError::InvalidRecord {
             origin: "training data".into(),
-            record: pair.id.clone(),
+            record: record.to_string(),
             field: "prompt".into(),
             reason: "the prompt is empty; a reply needs at least one prompt token".into(),
         });
     }
-    let longest = chosen.len().max(rejected.len());
+    let longest = replies.iter().map(Vec::len).max().unwrap_or(0);
     if prompt.len() + longest > lengths.max_length && prompt.len() > lengths.max_prompt_length {
         prompt.drain(..prompt.len() - lengths.max_prompt_length);
     }
-    let reply_budget = lengths.max_length - prompt.len();
-    let cut = |mut reply: Vec<u32>| {
-        reply.truncate(reply_budget);
-        reply
-    };
-    Ok(EncodedPair {
-        id: pair.id.clone(),
-        prompt,
-        chosen: cut(chosen),
-        rejected: cut(rejected),
-        label,
-    })
+    let room = lengths.max_length.saturating_sub(prompt.len());
+    for reply in &mut replies {
+        reply.truncate(room);
+    }
+    Ok((prompt, replies))
 }
 
 /// Encodes every pair, attaching soft labels by id (1 where a pair has none).
@@ -236,7 +291,10 @@ pub fn encode_pairs(
     pairs
         .iter()
         .map(|pair| {
-            let label = labels.and_then(|labels| labels.get(&pair.id)).copied().unwrap_or(1.0);
+            let label = labels
+                .and_then(|labels| labels.get(&pair.id))
+                .copied()
+                .unwrap_or(1.0);
             encode_pair(bundle, pair, lengths, label)
         })
         .collect()

@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::losses::sft_loss_sum;
 use crate::setup::{self, DataConfig, EncodedPair, Lengths, ModelBundle};
-use crate::trainer::{self, LoopConfig, MicroBatchOutput, Objective, RunOptions, TrainObserver, TrainSummary};
+use crate::trainer::{
+    self, LoopConfig, MicroBatchOutput, Objective, RunOptions, TrainObserver, TrainSummary,
+};
 
 /// SFT learning rate when the config gives none: TRL `SFTConfig`'s default.
 pub const DEFAULT_LR: f64 = 2e-5;
@@ -63,7 +65,10 @@ impl Default for SftConfig {
 
 impl SftConfig {
     pub fn lengths(&self) -> Lengths {
-        Lengths { max_length: self.max_length, max_prompt_length: self.max_prompt_length }
+        Lengths {
+            max_length: self.max_length,
+            max_prompt_length: self.max_prompt_length,
+        }
     }
 }
 
@@ -80,7 +85,10 @@ impl SftExample {
             Target::Chosen => &pair.chosen,
             Target::Rejected => &pair.rejected,
         };
-        Self { prompt: pair.prompt.clone(), reply: reply.clone() }
+        Self {
+            prompt: pair.prompt.clone(),
+            reply: reply.clone(),
+        }
     }
 }
 
@@ -100,7 +108,13 @@ impl SftObjective {
         eval: Vec<SftExample>,
         eval_batch_size: usize,
     ) -> Self {
-        Self { model, pad_id, train, eval, eval_batch_size: eval_batch_size.max(1) }
+        Self {
+            model,
+            pad_id,
+            train,
+            eval,
+            eval_batch_size: eval_batch_size.max(1),
+        }
     }
 
     pub fn into_model(self) -> LoadedModel {
@@ -111,9 +125,18 @@ impl SftObjective {
     fn nll_sum(&self, examples: &[&SftExample]) -> Result<(candle_core::Tensor, usize)> {
         let prompts: Vec<Vec<u32>> = examples.iter().map(|e| e.prompt.clone()).collect();
         let replies: Vec<Vec<u32>> = examples.iter().map(|e| e.reply.clone()).collect();
-        let batch = ContinuationBatch::new(&prompts, &replies, Padding::Right, self.pad_id, self.model.model.device())?;
+        let batch = ContinuationBatch::new(
+            &prompts,
+            &replies,
+            Padding::Right,
+            self.pad_id,
+            self.model.model.device(),
+        )?;
         let logprobs = continuation_logprobs(&self.model, &batch)?;
-        let tokens = examples.iter().map(|e| e.prompt.len() + e.reply.len()).sum();
+        let tokens = examples
+            .iter()
+            .map(|e| e.prompt.len() + e.reply.len())
+            .sum();
         Ok((sft_loss_sum(&logprobs)?, tokens))
     }
 
@@ -124,7 +147,10 @@ impl SftObjective {
         for chunk in examples.chunks(self.eval_batch_size) {
             let refs: Vec<&SftExample> = chunk.iter().collect();
             let (sum, _) = self.nll_sum(&refs)?;
-            total += sum.detach().to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            total += sum
+                .detach()
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             reply_tokens += chunk.iter().map(|e| e.reply.len()).sum::<usize>();
         }
         Ok(total / reply_tokens.max(1) as f64)
@@ -145,13 +171,20 @@ impl Objective for SftObjective {
     }
 
     fn loss_units(&self, examples: &[usize]) -> f64 {
-        examples.iter().map(|&i| self.train[i].reply.len()).sum::<usize>() as f64
+        examples
+            .iter()
+            .map(|&i| self.train[i].reply.len())
+            .sum::<usize>() as f64
     }
 
     fn micro_batch(&mut self, examples: &[usize]) -> Result<MicroBatchOutput> {
         let refs: Vec<&SftExample> = examples.iter().map(|&i| &self.train[i]).collect();
         let (loss_sum, tokens) = self.nll_sum(&refs)?;
-        Ok(MicroBatchOutput { loss_sum, tokens, metric_sums: Vec::new() })
+        Ok(MicroBatchOutput {
+            loss_sum,
+            tokens,
+            metric_sums: Vec::new(),
+        })
     }
 
     fn evaluate(&mut self) -> Result<Vec<(String, f64)>> {
@@ -159,7 +192,10 @@ impl Objective for SftObjective {
             return Ok(Vec::new());
         }
         let loss = self.mean_nll(&self.eval)?;
-        Ok(vec![("loss".into(), loss), ("perplexity".into(), loss.exp())])
+        Ok(vec![
+            ("loss".into(), loss),
+            ("perplexity".into(), loss.exp()),
+        ])
     }
 }
 
@@ -174,7 +210,9 @@ pub fn run(
 ) -> Result<TrainSummary> {
     config.train.validate(origin)?;
     let bundle = setup::load_model(&config.model, config.train.seed)?;
-    config.lengths().validate(origin, rlxf_model::CausalLm::max_context(&bundle.model))?;
+    config
+        .lengths()
+        .validate(origin, rlxf_model::CausalLm::max_context(&bundle.model))?;
     let data = setup::load_data(&config.data, config.train.seed)?;
     let encode = |pairs| -> Result<Vec<SftExample>> {
         Ok(setup::encode_pairs(&bundle, pairs, config.lengths(), None)?
@@ -183,7 +221,23 @@ pub fn run(
             .collect())
     };
     let (train, eval) = (encode(&data.train)?, encode(&data.eval)?);
-    let ModelBundle { model, tokenizer, .. } = bundle;
-    let mut objective = SftObjective::new(model, tokenizer.pad_id(), train, eval, config.train.micro_batch());
-    trainer::train(&mut objective, &config.train, DEFAULT_LR, &config.output_dir, config_text, options, observer)
+    let ModelBundle {
+        model, tokenizer, ..
+    } = bundle;
+    let mut objective = SftObjective::new(
+        model,
+        tokenizer.pad_id(),
+        train,
+        eval,
+        config.train.micro_batch(),
+    );
+    trainer::train(
+        &mut objective,
+        &config.train,
+        DEFAULT_LR,
+        &config.output_dir,
+        config_text,
+        options,
+        observer,
+    )
 }

@@ -117,19 +117,28 @@ impl LoopConfig {
                 return Err(invalid("learning_rate", "must be a positive number"));
             }
         }
-        for (field, beta) in [("adam_beta1", self.adam_beta1), ("adam_beta2", self.adam_beta2)] {
+        for (field, beta) in [
+            ("adam_beta1", self.adam_beta1),
+            ("adam_beta2", self.adam_beta2),
+        ] {
             if !(0.0..1.0).contains(&beta) {
                 return Err(invalid(field, "must be in [0, 1)"));
             }
         }
-        if !(self.adam_epsilon > 0.0) {
+        if self.adam_epsilon.is_nan() || self.adam_epsilon <= 0.0 {
             return Err(invalid("adam_epsilon", "must be positive"));
         }
-        if !(self.weight_decay >= 0.0) {
+        if self.weight_decay.is_nan() || self.weight_decay < 0.0 {
             return Err(invalid("weight_decay", "must not be negative"));
         }
-        if self.max_grad_norm.is_some_and(|norm| !(norm > 0.0)) {
-            return Err(invalid("max_grad_norm", "must be positive (leave it out to disable clipping)"));
+        if self
+            .max_grad_norm
+            .is_some_and(|norm| norm.is_nan() || norm <= 0.0)
+        {
+            return Err(invalid(
+                "max_grad_norm",
+                "must be positive (leave it out to disable clipping)",
+            ));
         }
         if self.epochs == 0 && self.max_steps.is_none() {
             return Err(invalid("epochs", "must be at least 1 (or set max_steps)"));
@@ -211,7 +220,11 @@ impl Loader {
             seed,
             position,
             permutation: Vec::new(),
-            rng: RngState { seed, stream: 0, word_pos: 0 },
+            rng: RngState {
+                seed,
+                stream: 0,
+                word_pos: 0,
+            },
         };
         loader.shuffle();
         loader
@@ -233,7 +246,10 @@ impl Loader {
 
     fn next_batch(&mut self, batch_size: usize) -> Vec<usize> {
         if self.position.index >= self.examples {
-            self.position = LoaderPosition { epoch: self.position.epoch + 1, index: 0 };
+            self.position = LoaderPosition {
+                epoch: self.position.epoch + 1,
+                index: 0,
+            };
             self.shuffle();
         }
         let start = self.position.index;
@@ -282,7 +298,11 @@ pub fn train(
         step: 0,
         total_steps,
         loader: LoaderPosition { epoch: 0, index: 0 },
-        rng: RngState { seed: config.seed, stream: 0, word_pos: 0 },
+        rng: RngState {
+            seed: config.seed,
+            stream: 0,
+            word_pos: 0,
+        },
         loss: f64::NAN,
         config: config_text.to_string(),
     };
@@ -327,7 +347,9 @@ pub fn train(
         for chunk in batch.chunks(micro) {
             let output = objective.micro_batch(chunk)?;
             let micro_loss = (output.loss_sum / units)?;
-            let value = micro_loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            let value = micro_loss
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
             if !value.is_finite() {
                 return Err(non_finite(step + 1, value, last_checkpoint));
             }
@@ -346,7 +368,11 @@ pub fn train(
             return Err(non_finite(step + 1, grad_norm, last_checkpoint));
         }
         let lr = schedule.lr(step);
-        optimizer.step(&grads, lr, optim::clip_coefficient(grad_norm, config.max_grad_norm))?;
+        optimizer.step(
+            &grads,
+            lr,
+            optim::clip_coefficient(grad_norm, config.max_grad_norm),
+        )?;
         step += 1;
         loss = loss_total;
 
@@ -357,13 +383,16 @@ pub fn train(
         record.insert("loss".into(), json_number(loss));
         record.insert("lr".into(), json_number(lr));
         record.insert("grad_norm".into(), json_number(grad_norm));
-        record.insert("tokens_per_s".into(), json_number(tokens as f64 / elapsed.max(1e-9)));
+        record.insert(
+            "tokens_per_s".into(),
+            json_number(tokens as f64 / elapsed.max(1e-9)),
+        );
         for (name, sum) in &metric_sums {
             record.insert((*name).into(), json_number(sum / batch.len() as f64));
         }
         let stopping = options.stop_after_step == Some(step);
         let last = step == total_steps;
-        if !stopping && (last || (config.eval_every > 0 && step % config.eval_every == 0)) {
+        if !stopping && (last || step.checked_rem(config.eval_every) == Some(0)) {
             eval = objective
                 .evaluate()?
                 .into_iter()
@@ -384,7 +413,7 @@ pub fn train(
                 model_dir: None,
             });
         }
-        if last || (config.save_every > 0 && step % config.save_every == 0) {
+        if last || step.checked_rem(config.save_every) == Some(0) {
             let state = TrainerState {
                 step,
                 total_steps,
@@ -414,7 +443,11 @@ pub fn train(
 }
 
 fn non_finite(step: u64, value: f64, last_checkpoint: Option<PathBuf>) -> TrainError {
-    TrainError::NonFiniteLoss { step, value, last_checkpoint }
+    TrainError::NonFiniteLoss {
+        step,
+        value,
+        last_checkpoint,
+    }
 }
 
 fn json_number(value: f64) -> Value {
@@ -430,7 +463,10 @@ fn add_metrics(sums: &mut Vec<(&'static str, f64)>, more: &[(&'static str, f64)]
     }
 }
 
-fn add_gradients(sum: Vec<Option<Tensor>>, more: Vec<Option<Tensor>>) -> Result<Vec<Option<Tensor>>> {
+fn add_gradients(
+    sum: Vec<Option<Tensor>>,
+    more: Vec<Option<Tensor>>,
+) -> Result<Vec<Option<Tensor>>> {
     sum.into_iter()
         .zip(more)
         .map(|pair| {

@@ -69,13 +69,14 @@ pub struct ScoreArgs {
     #[arg(long, value_name = "FILE.jsonl")]
     out: Option<PathBuf>,
 
-    /// Longest prompt + reply in tokens; longer prompts keep their end.
-    #[arg(long, default_value_t = 1024)]
-    max_length: usize,
+    /// Longest prompt + reply in tokens [default: 1024 or the model's context if shorter]; longer
+    /// prompts keep their end.
+    #[arg(long)]
+    max_length: Option<usize>,
 
-    /// Prompt tokens kept when prompt + reply is too long.
-    #[arg(long, default_value_t = 512)]
-    max_prompt_length: usize,
+    /// Prompt tokens kept when prompt + reply is too long [default: half of --max-length].
+    #[arg(long)]
+    max_prompt_length: Option<usize>,
 
     /// Sequences scored per forward pass.
     #[arg(long, default_value_t = 8)]
@@ -102,13 +103,35 @@ impl TrainObserver for Bar {
 
 pub fn run(cmd: TrainCommand, ctx: Ctx) -> anyhow::Result<()> {
     match cmd {
-        TrainCommand::Sft(args) => run_algorithm(args, ctx, "sft", |c: &sft::SftConfig| c.output_dir.clone(), |c, dir| c.output_dir = dir, sft::run),
-        TrainCommand::Rm(args) => run_algorithm(args, ctx, "rm", |c: &reward::RewardConfig| c.output_dir.clone(), |c, dir| c.output_dir = dir, reward::run),
-        TrainCommand::Dpo(args) => run_algorithm(args, ctx, "dpo", |c: &dpo::DpoConfig| c.output_dir.clone(), |c, dir| c.output_dir = dir, dpo::run),
+        TrainCommand::Sft(args) => run_algorithm(
+            args,
+            ctx,
+            "sft",
+            |c: &sft::SftConfig| c.output_dir.clone(),
+            |c, dir| c.output_dir = dir,
+            sft::run,
+        ),
+        TrainCommand::Rm(args) => run_algorithm(
+            args,
+            ctx,
+            "rm",
+            |c: &reward::RewardConfig| c.output_dir.clone(),
+            |c, dir| c.output_dir = dir,
+            reward::run,
+        ),
+        TrainCommand::Dpo(args) => run_algorithm(
+            args,
+            ctx,
+            "dpo",
+            |c: &dpo::DpoConfig| c.output_dir.clone(),
+            |c, dir| c.output_dir = dir,
+            dpo::run,
+        ),
     }
 }
 
-type RunFn<C> = fn(&C, &str, &Path, &RunOptions, &mut dyn TrainObserver) -> rlxf_train::Result<TrainSummary>;
+type RunFn<C> =
+    fn(&C, &str, &Path, &RunOptions, &mut dyn TrainObserver) -> rlxf_train::Result<TrainSummary>;
 
 fn run_algorithm<C: DeserializeOwned + Serialize>(
     args: TrainArgs,
@@ -121,7 +144,9 @@ fn run_algorithm<C: DeserializeOwned + Serialize>(
     let config_path = match (&args.config, &args.resume) {
         (Some(path), _) => path.clone(),
         (None, Some(run_dir)) => run_dir.join(rlxf_train::trainer::CONFIG_FILE),
-        (None, None) => return Err(BadInput("give --config FILE.toml (or --resume RUN_DIR)".into()).into()),
+        (None, None) => {
+            return Err(BadInput("give --config FILE.toml (or --resume RUN_DIR)".into()).into())
+        }
     };
     let (mut config, _) = read_config::<C>(&config_path, &args.overrides)
         .with_context(|| format!("reading the {name} config {}", config_path.display()))?;
@@ -129,14 +154,20 @@ fn run_algorithm<C: DeserializeOwned + Serialize>(
         set_output_dir(&mut config, dir);
     }
     let config_text = toml::to_string(&config).context("serialising the config")?;
-    let options = RunOptions { resume: args.resume.is_some(), stop_after_step: None };
+    let options = RunOptions {
+        resume: args.resume.is_some(),
+        stop_after_step: None,
+    };
     let bar = progress::bar(ctx, 0, "steps");
     bar.set_message(format!("train {name}"));
     let mut observer = Bar(bar);
     let summary = train(&config, &config_text, &config_path, &options, &mut observer)
         .with_context(|| format!("training {name} into {}", output_dir(&config).display()))?;
     observer.0.finish_and_clear();
-    let mut line = format!("{name}: {} steps, final loss {:.4}", summary.steps, summary.final_loss);
+    let mut line = format!(
+        "{name}: {} steps, final loss {:.4}",
+        summary.steps, summary.final_loss
+    );
     for (metric, value) in &summary.eval {
         line.push_str(&format!(", {metric} {value:.4}"));
     }
@@ -158,9 +189,16 @@ fn score(args: ScoreArgs, ctx: Ctx) -> anyhow::Result<()> {
         return Err(BadInput("--batch-size must be at least 1".into()).into());
     }
     let objects = read_jsonl_objects(&args.input)?;
-    let bundle = load_model(&args.model, 0).with_context(|| format!("loading the reward model {}", args.model))?;
-    let lengths = Lengths { max_length: args.max_length, max_prompt_length: args.max_prompt_length };
-    lengths.validate(Path::new("--max-length"), rlxf_model::CausalLm::max_context(&bundle.model))?;
+    let bundle = load_model(&args.model, 0)
+        .with_context(|| format!("loading the reward model {}", args.model))?;
+    let context = rlxf_model::CausalLm::max_context(&bundle.model);
+    let max_length = args.max_length.unwrap_or(context.min(1024));
+    let max_prompt_length = args.max_prompt_length.unwrap_or(max_length / 2);
+    let lengths = Lengths {
+        max_length,
+        max_prompt_length,
+    };
+    lengths.validate(Path::new("command line"), context)?;
 
     // Every (prompt, reply) to score, and the object field each score goes to.
     let mut items = Vec::new();
@@ -173,14 +211,22 @@ fn score(args: ScoreArgs, ctx: Ctx) -> anyhow::Result<()> {
             &[("chosen", "chosen_score"), ("rejected", "rejected_score")]
         };
         for (reply_field, score_field) in fields {
-            items.push((prompt.clone(), string_field(object, reply_field, &args.input, *line_no)?));
+            items.push((
+                prompt.clone(),
+                string_field(object, reply_field, &args.input, *line_no)?,
+            ));
             targets.push((index, *score_field));
         }
     }
     let bar = progress::bar(ctx, items.len() as u64, "replies");
     let mut scores = Vec::with_capacity(items.len());
     for chunk in items.chunks(args.batch_size) {
-        scores.extend(reward::score_texts(&bundle, chunk, lengths, args.batch_size)?);
+        scores.extend(reward::score_texts(
+            &bundle,
+            chunk,
+            lengths,
+            args.batch_size,
+        )?);
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();

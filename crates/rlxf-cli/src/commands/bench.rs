@@ -1,0 +1,354 @@
+//! `rlxf bench`: training-step and generation throughput on GPT-Neo shapes, side by side with the
+//! PyTorch + transformers reference (`bench/reference_pytorch.py`) in the same run.
+//!
+//! Every workload runs in a child process of its own (this binary, with `--workload`), so each peak
+//! RSS belongs to one workload only, as in the reference script.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Tensor};
+use clap::{Args, ValueEnum};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rlxf_model::{generate, CausalLm, GenerationConfig, GptNeoConfig, LoadedModel, ModelConfig, Tokenizer};
+use rlxf_train::optim::{named_params, AdamW, AdamWConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::Ctx;
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model shapes: 125m (EleutherAI/gpt-neo-125M, the seed's model) or tiny (checks the harness).
+    #[arg(long, value_enum, default_value = "125m")]
+    size: BenchSize,
+
+    /// Timed repetitions of each workload, after one untimed warm-up.
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+
+    /// Worker threads for rlxf and for the reference (RAYON_NUM_THREADS / torch.set_num_threads).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+
+    /// Run only the training or only the generation workloads.
+    #[arg(long, value_enum)]
+    only: Option<WorkloadKind>,
+
+    /// PyTorch reference script to run in the same invocation; omit with --no-reference.
+    #[arg(long, default_value = "bench/reference_pytorch.py")]
+    reference: PathBuf,
+
+    /// Python interpreter with torch and transformers installed.
+    #[arg(long, default_value = "python3")]
+    python: String,
+
+    /// Skip the PyTorch reference (rlxf numbers only).
+    #[arg(long)]
+    no_reference: bool,
+
+    /// Also write every result as JSON lines to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// Internal: run one workload in this process and print its result as JSON.
+    #[arg(long, hide = true, value_enum)]
+    workload: Option<WorkloadKind>,
+    #[arg(long, hide = true, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, hide = true, default_value_t = 128)]
+    seq: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum WorkloadKind {
+    Train,
+    Generate,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BenchSize {
+    #[value(name = "125m")]
+    M125,
+    Tiny,
+}
+
+impl BenchSize {
+    fn name(self) -> &'static str {
+        match self {
+            BenchSize::M125 => "125m",
+            BenchSize::Tiny => "tiny",
+        }
+    }
+
+    fn config(self) -> ModelConfig {
+        ModelConfig::GptNeo(match self {
+            BenchSize::M125 => GptNeoConfig::gpt_neo_125m(),
+            BenchSize::Tiny => GptNeoConfig::tiny(),
+        })
+    }
+}
+
+/// Prompt length and new tokens of the generation workloads (the reference uses the same).
+const PROMPT_LEN: usize = 32;
+const NEW_TOKENS: usize = 64;
+
+/// One measurement, in the reference script's JSON format.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BenchResult {
+    workload: WorkloadKind,
+    batch: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    precision: Option<String>,
+    tokens_per_s: f64,
+    peak_rss_mb: f64,
+}
+
+impl BenchResult {
+    fn label(&self) -> String {
+        match self.workload {
+            WorkloadKind::Train => format!(
+                "train {}x{} {}",
+                self.batch,
+                self.seq.unwrap_or(0),
+                self.precision.as_deref().unwrap_or("f32")
+            ),
+            WorkloadKind::Generate => format!("generate batch {}", self.batch),
+        }
+    }
+}
+
+pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
+    if let Some(workload) = args.workload {
+        let result = match workload {
+            WorkloadKind::Train => bench_train(&args)?,
+            WorkloadKind::Generate => bench_generate(&args)?,
+        };
+        println!("{}", serde_json::to_string(&result)?);
+        return Ok(());
+    }
+
+    let mut ours = Vec::new();
+    for (workload, batch, seq) in workloads(args.only) {
+        if !ctx.quiet {
+            eprintln!("rlxf: {workload:?} batch {batch} seq {seq} ...");
+        }
+        ours.push(run_child(&args, workload, batch, seq)?);
+    }
+    let reference = if args.no_reference {
+        Vec::new()
+    } else {
+        if !ctx.quiet {
+            eprintln!("reference: {} ...", args.reference.display());
+        }
+        run_reference(&args)?
+    };
+    print_table(&ours, &reference);
+    if let Some(out) = &args.out {
+        let mut lines = String::new();
+        for (engine, results) in [("rlxf", &ours), ("pytorch", &reference)] {
+            for result in results {
+                let mut value = serde_json::to_value(result)?;
+                value["engine"] = engine.into();
+                value["size"] = args.size.name().into();
+                value["threads"] = args.threads.into();
+                lines.push_str(&serde_json::to_string(&value)?);
+                lines.push('\n');
+            }
+        }
+        std::fs::write(out, lines).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// The workloads: training at 4x128 and 4x256, greedy generation at batch 1 and 8.
+fn workloads(only: Option<WorkloadKind>) -> Vec<(WorkloadKind, usize, usize)> {
+    let mut list = Vec::new();
+    if only != Some(WorkloadKind::Generate) {
+        list.extend([(WorkloadKind::Train, 4, 128), (WorkloadKind::Train, 4, 256)]);
+    }
+    if only != Some(WorkloadKind::Train) {
+        list.extend([(WorkloadKind::Generate, 1, PROMPT_LEN), (WorkloadKind::Generate, 8, PROMPT_LEN)]);
+    }
+    list
+}
+
+fn run_child(args: &BenchArgs, workload: WorkloadKind, batch: usize, seq: usize) -> anyhow::Result<BenchResult> {
+    let exe = std::env::current_exe().context("locating the rlxf binary")?;
+    let workload_name = match workload {
+        WorkloadKind::Train => "train",
+        WorkloadKind::Generate => "generate",
+    };
+    let output = Command::new(exe)
+        .args(["--quiet", "bench", "--workload", workload_name, "--size", args.size.name()])
+        .args(["--steps", &args.steps.to_string(), "--batch", &batch.to_string()])
+        .args(["--seq", &seq.to_string(), "--threads", &args.threads.to_string()])
+        .env("RAYON_NUM_THREADS", args.threads.to_string())
+        .output()
+        .context("starting the benchmark child process")?;
+    if !output.status.success() {
+        bail!("benchmark workload {workload_name} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    parse_result_line(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_result_line(stdout: &str) -> anyhow::Result<BenchResult> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|line| line.trim_start().starts_with('{'))
+        .context("benchmark child printed no result")?;
+    serde_json::from_str(line).with_context(|| format!("parsing benchmark result {line}"))
+}
+
+fn run_reference(args: &BenchArgs) -> anyhow::Result<Vec<BenchResult>> {
+    let mut command = Command::new(&args.python);
+    command
+        .arg(&args.reference)
+        .args(["--threads", &args.threads.to_string(), "--steps", &args.steps.to_string()])
+        .args(["--size", args.size.name(), "--prompt-len", &PROMPT_LEN.to_string()])
+        .args(["--new-tokens", &NEW_TOKENS.to_string()]);
+    if let Some(only) = args.only {
+        command.args(["--only", if only == WorkloadKind::Train { "train" } else { "generate" }]);
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("running {} {}", args.python, args.reference.display()))?;
+    if !output.status.success() {
+        bail!(
+            "the PyTorch reference failed (is torch + transformers installed for {}?):\n{}",
+            args.python,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.trim_start().starts_with('{'))
+        .map(|line| serde_json::from_str(line).with_context(|| format!("parsing reference result {line}")))
+        .collect()
+}
+
+fn print_table(ours: &[BenchResult], reference: &[BenchResult]) {
+    println!(
+        "{:<24} {:>14} {:>14} {:>8} {:>12} {:>12}",
+        "workload", "rlxf tok/s", "torch tok/s", "ratio", "rlxf RSS MB", "torch RSS MB"
+    );
+    let mut rows: Vec<(String, Option<&BenchResult>, Option<&BenchResult>)> =
+        ours.iter().map(|r| (r.label(), Some(r), None)).collect();
+    for theirs in reference {
+        match rows.iter_mut().find(|(label, _, _)| *label == theirs.label()) {
+            Some(row) => row.2 = Some(theirs),
+            None => rows.push((theirs.label(), None, Some(theirs))),
+        }
+    }
+    let cell = |value: Option<f64>, precision: usize| {
+        value.map_or_else(|| "-".to_string(), |v| format!("{v:.precision$}"))
+    };
+    for (label, mine, theirs) in rows {
+        let ratio = mine.zip(theirs).map(|(m, t)| m.tokens_per_s / t.tokens_per_s);
+        println!(
+            "{label:<24} {:>14} {:>14} {:>8} {:>12} {:>12}",
+            cell(mine.map(|r| r.tokens_per_s), 1),
+            cell(theirs.map(|r| r.tokens_per_s), 1),
+            cell(ratio, 2),
+            cell(mine.map(|r| r.peak_rss_mb), 0),
+            cell(theirs.map(|r| r.peak_rss_mb), 0),
+        );
+    }
+}
+
+fn random_ids(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    (0..batch)
+        .map(|_| (0..seq).map(|_| rng.random_range(0..vocab as u32)).collect())
+        .collect()
+}
+
+/// Forward, backward and an AdamW step of next-token cross-entropy over every position, as
+/// `model(input_ids=ids, labels=ids).loss.backward(); optimizer.step()` does in the reference.
+fn bench_train(args: &BenchArgs) -> anyhow::Result<BenchResult> {
+    let device = Device::Cpu;
+    let model = LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?;
+    let vocab = model.vocab_size();
+    let rows = random_ids(args.batch, args.seq, vocab);
+    let ids = Tensor::new(rows, &device)?;
+    let targets = ids.narrow(1, 1, args.seq - 1)?.flatten_all()?;
+    let mut optimizer = AdamW::new(named_params(&model.varmap), AdamWConfig::default())?;
+    let mut step = || -> anyhow::Result<()> {
+        // Like transformers: logits for all `seq` positions, the last one has no target.
+        let logits = model.forward(&ids, None, None)?;
+        let predicting = logits.narrow(1, 0, args.seq - 1)?.flatten_to(1)?;
+        let loss = candle_nn::loss::cross_entropy(&predicting, &targets)?;
+        let grads = loss.backward()?;
+        let grads = optimizer.gradients(&grads);
+        optimizer.step(&grads, 1e-5, 1.0)?;
+        Ok(())
+    };
+    step()?;
+    let seconds = timed(args.steps, &mut step)?;
+    Ok(BenchResult {
+        workload: WorkloadKind::Train,
+        batch: args.batch,
+        seq: Some(args.seq),
+        precision: Some("f32".into()),
+        tokens_per_s: (args.batch * args.seq) as f64 / seconds,
+        peak_rss_mb: peak_rss_mb()?,
+    })
+}
+
+/// Greedy decoding of exactly `NEW_TOKENS` tokens (EOS ignored) from random prompts.
+fn bench_generate(args: &BenchArgs) -> anyhow::Result<BenchResult> {
+    let device = Device::Cpu;
+    let model = LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?;
+    let tokenizer = Tokenizer::gpt2();
+    let prompts = random_ids(args.batch, PROMPT_LEN, model.vocab_size());
+    let config = GenerationConfig {
+        max_new_tokens: NEW_TOKENS,
+        temperature: 0.0,
+        stop_at_eos: false,
+        ..GenerationConfig::default()
+    };
+    let mut run = || -> anyhow::Result<()> {
+        let generations = generate(&model, &tokenizer, &prompts, &config)?;
+        if let Some(short) = generations.iter().find(|g| g.token_ids.len() != NEW_TOKENS) {
+            bail!("generation stopped after {} tokens, expected {NEW_TOKENS}", short.token_ids.len());
+        }
+        Ok(())
+    };
+    run()?;
+    let seconds = timed(args.steps, &mut run)?;
+    Ok(BenchResult {
+        workload: WorkloadKind::Generate,
+        batch: args.batch,
+        seq: None,
+        precision: None,
+        tokens_per_s: (args.batch * NEW_TOKENS) as f64 / seconds,
+        peak_rss_mb: peak_rss_mb()?,
+    })
+}
+
+/// Mean seconds per call over `repetitions` calls.
+fn timed(repetitions: usize, work: &mut dyn FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let repetitions = repetitions.max(1);
+    let start = Instant::now();
+    for _ in 0..repetitions {
+        work()?;
+    }
+    Ok(start.elapsed().as_secs_f64() / repetitions as f64)
+}
+
+/// Peak resident set size of this process (VmHWM), as `ru_maxrss` reports it in the reference.
+fn peak_rss_mb() -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM line in /proc/self/status")?;
+    Ok(kib / 1024.0)
+}
