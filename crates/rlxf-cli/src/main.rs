@@ -44,6 +44,8 @@ enum Command {
     /// Use a trained reward model.
     #[command(subcommand)]
     Rm(commands::train::RmCommand),
+    /// Measure training-step and generation throughput on GPT-Neo shapes against PyTorch.
+    Bench(commands::bench::BenchArgs),
 }
 
 /// What every command needs to know about how it was invoked.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Logprobs(args) => commands::logprobs::run(args, ctx),
         Command::Train(cmd) => commands::train::run(cmd, ctx),
         Command::Rm(cmd) => commands::train::run_rm(cmd, ctx),
+        Command::Bench(args) => commands::bench::run(args, ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -130,4 +130,14 @@ mod tests {
         assert!(err.to_string().contains("train.epochs"), "{err}");
         assert!(err.is_bad_input());
     }
+
+    #[test]
+    fn shipped_configs_parse() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs"));
+        for name in ["sft-tiny.toml", "seed-replication.toml"] {
+            read_config::<SftConfig>(&dir.join(name), &[]).unwrap();
+        }
+        read_config::<crate::reward::RewardConfig>(&dir.join("rm-tiny.toml"), &[]).unwrap();
+        read_config::<crate::dpo::DpoConfig>(&dir.join("dpo-tiny.toml"), &[]).unwrap();
+    }
 }

@@ -255,10 +255,6 @@ impl DpoObjective {
             rewards: PairStats::of(&chosen, &rejected),
         })
     }
-
-    pub fn train_pairs(&self) -> &[EncodedPair] {
-        &self.train
-    }
 }
 
 impl Objective for DpoObjective {

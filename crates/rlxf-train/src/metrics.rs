@@ -38,10 +38,6 @@ impl MetricsWriter {
         Ok(Self { path, file })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn append(&mut self, record: &Map<String, Value>) -> Result<()> {
         let mut line = serde_json::to_string(record).expect("JSON maps serialise");
         line.push('\n');

@@ -217,10 +217,6 @@ impl AdamW {
         Ok(Self { config, params })
     }
 
-    pub fn config(&self) -> &AdamWConfig {
-        &self.config
-    }
-
     /// The parameters in optimiser order (the order [`Self::step`] expects gradients in).
     pub fn params(&self) -> impl Iterator<Item = &NamedParam> {
         self.params.iter().map(|state| &state.param)

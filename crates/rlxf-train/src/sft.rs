@@ -117,11 +117,7 @@ impl SftObjective {
         }
     }
 
-    pub fn into_model(self) -> LoadedModel {
-        self.model
-    }
-
-    /// Summed reply NLL of `examples` and the number of reply tokens.
+    /// Summed reply NLL of `examples` and the tokens the forward pass processed.
     fn nll_sum(&self, examples: &[&SftExample]) -> Result<(candle_core::Tensor, usize)> {
         let prompts: Vec<Vec<u32>> = examples.iter().map(|e| e.prompt.clone()).collect();
         let replies: Vec<Vec<u32>> = examples.iter().map(|e| e.reply.clone()).collect();
@@ -154,10 +150,6 @@ impl SftObjective {
             reply_tokens += chunk.iter().map(|e| e.reply.len()).sum::<usize>();
         }
         Ok(total / reply_tokens.max(1) as f64)
-    }
-
-    pub fn train_examples(&self) -> &[SftExample] {
-        &self.train
     }
 }
 

@@ -13,7 +13,9 @@ use candle_core::{DType, Device, Tensor};
 use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rlxf_model::{generate, CausalLm, GenerationConfig, GptNeoConfig, LoadedModel, ModelConfig, Tokenizer};
+use rlxf_model::{
+    generate, CausalLm, GenerationConfig, GptNeoConfig, LoadedModel, ModelConfig, Tokenizer,
+};
 use rlxf_train::optim::{named_params, AdamW, AdamWConfig};
 use serde::{Deserialize, Serialize};
 
@@ -173,26 +175,54 @@ fn workloads(only: Option<WorkloadKind>) -> Vec<(WorkloadKind, usize, usize)> {
         list.extend([(WorkloadKind::Train, 4, 128), (WorkloadKind::Train, 4, 256)]);
     }
     if only != Some(WorkloadKind::Train) {
-        list.extend([(WorkloadKind::Generate, 1, PROMPT_LEN), (WorkloadKind::Generate, 8, PROMPT_LEN)]);
+        list.extend([
+            (WorkloadKind::Generate, 1, PROMPT_LEN),
+            (WorkloadKind::Generate, 8, PROMPT_LEN),
+        ]);
     }
     list
 }
 
-fn run_child(args: &BenchArgs, workload: WorkloadKind, batch: usize, seq: usize) -> anyhow::Result<BenchResult> {
+fn run_child(
+    args: &BenchArgs,
+    workload: WorkloadKind,
+    batch: usize,
+    seq: usize,
+) -> anyhow::Result<BenchResult> {
     let exe = std::env::current_exe().context("locating the rlxf binary")?;
     let workload_name = match workload {
         WorkloadKind::Train => "train",
         WorkloadKind::Generate => "generate",
     };
     let output = Command::new(exe)
-        .args(["--quiet", "bench", "--workload", workload_name, "--size", args.size.name()])
-        .args(["--steps", &args.steps.to_string(), "--batch", &batch.to_string()])
-        .args(["--seq", &seq.to_string(), "--threads", &args.threads.to_string()])
+        .args([
+            "--quiet",
+            "bench",
+            "--workload",
+            workload_name,
+            "--size",
+            args.size.name(),
+        ])
+        .args([
+            "--steps",
+            &args.steps.to_string(),
+            "--batch",
+            &batch.to_string(),
+        ])
+        .args([
+            "--seq",
+            &seq.to_string(),
+            "--threads",
+            &args.threads.to_string(),
+        ])
         .env("RAYON_NUM_THREADS", args.threads.to_string())
         .output()
         .context("starting the benchmark child process")?;
     if !output.status.success() {
-        bail!("benchmark workload {workload_name} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "benchmark workload {workload_name} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     parse_result_line(&String::from_utf8_lossy(&output.stdout))
 }
@@ -210,11 +240,28 @@ fn run_reference(args: &BenchArgs) -> anyhow::Result<Vec<BenchResult>> {
     let mut command = Command::new(&args.python);
     command
         .arg(&args.reference)
-        .args(["--threads", &args.threads.to_string(), "--steps", &args.steps.to_string()])
-        .args(["--size", args.size.name(), "--prompt-len", &PROMPT_LEN.to_string()])
+        .args([
+            "--threads",
+            &args.threads.to_string(),
+            "--steps",
+            &args.steps.to_string(),
+        ])
+        .args([
+            "--size",
+            args.size.name(),
+            "--prompt-len",
+            &PROMPT_LEN.to_string(),
+        ])
         .args(["--new-tokens", &NEW_TOKENS.to_string()]);
     if let Some(only) = args.only {
-        command.args(["--only", if only == WorkloadKind::Train { "train" } else { "generate" }]);
+        command.args([
+            "--only",
+            if only == WorkloadKind::Train {
+                "train"
+            } else {
+                "generate"
+            },
+        ]);
     }
     let output = command
         .output()
@@ -229,7 +276,9 @@ fn run_reference(args: &BenchArgs) -> anyhow::Result<Vec<BenchResult>> {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|line| line.trim_start().starts_with('{'))
-        .map(|line| serde_json::from_str(line).with_context(|| format!("parsing reference result {line}")))
+        .map(|line| {
+            serde_json::from_str(line).with_context(|| format!("parsing reference result {line}"))
+        })
         .collect()
 }
 
@@ -241,7 +290,10 @@ fn print_table(ours: &[BenchResult], reference: &[BenchResult]) {
     let mut rows: Vec<(String, Option<&BenchResult>, Option<&BenchResult>)> =
         ours.iter().map(|r| (r.label(), Some(r), None)).collect();
     for theirs in reference {
-        match rows.iter_mut().find(|(label, _, _)| *label == theirs.label()) {
+        match rows
+            .iter_mut()
+            .find(|(label, _, _)| *label == theirs.label())
+        {
             Some(row) => row.2 = Some(theirs),
             None => rows.push((theirs.label(), None, Some(theirs))),
         }
@@ -250,7 +302,9 @@ fn print_table(ours: &[BenchResult], reference: &[BenchResult]) {
         value.map_or_else(|| "-".to_string(), |v| format!("{v:.precision$}"))
     };
     for (label, mine, theirs) in rows {
-        let ratio = mine.zip(theirs).map(|(m, t)| m.tokens_per_s / t.tokens_per_s);
+        let ratio = mine
+            .zip(theirs)
+            .map(|(m, t)| m.tokens_per_s / t.tokens_per_s);
         println!(
             "{label:<24} {:>14} {:>14} {:>8} {:>12} {:>12}",
             cell(mine.map(|r| r.tokens_per_s), 1),
@@ -265,7 +319,11 @@ fn print_table(ours: &[BenchResult], reference: &[BenchResult]) {
 fn random_ids(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     (0..batch)
-        .map(|_| (0..seq).map(|_| rng.random_range(0..vocab as u32)).collect())
+        .map(|_| {
+            (0..seq)
+                .map(|_| rng.random_range(0..vocab as u32))
+                .collect()
+        })
         .collect()
 }
 
@@ -316,7 +374,10 @@ fn bench_generate(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let mut run = || -> anyhow::Result<()> {
         let generations = generate(&model, &tokenizer, &prompts, &config)?;
         if let Some(short) = generations.iter().find(|g| g.token_ids.len() != NEW_TOKENS) {
-            bail!("generation stopped after {} tokens, expected {NEW_TOKENS}", short.token_ids.len());
+            bail!(
+                "generation stopped after {} tokens, expected {NEW_TOKENS}",
+                short.token_ids.len()
+            );
         }
         Ok(())
     };
@@ -344,7 +405,8 @@ fn timed(repetitions: usize, work: &mut dyn FnMut() -> anyhow::Result<()>) -> an
 
 /// Peak resident set size of this process (VmHWM), as `ru_maxrss` reports it in the reference.
 fn peak_rss_mb() -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let kib: f64 = status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))

@@ -1,5 +1,6 @@
 //! One module per subcommand group. Commands parse arguments, call the libraries, print results.
 
+pub mod bench;
 pub mod data;
 pub mod generate;
 pub mod logprobs;
