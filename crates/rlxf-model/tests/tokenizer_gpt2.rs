@@ -284,8 +284,15 @@ fn exported_tokenizer_json_encodes_like_the_embedded_bpe() {
     let exported = rlxf_model::tokenizer::gpt2_tokenizer_json();
     let merges = exported["model"]["merges"].as_array().unwrap();
     assert_eq!(merges.len(), 50000);
-    for (merge, want) in merges.iter().zip(fixture["first_merges"].as_array().unwrap()) {
-        let want = format!("{} {}", want[0].as_str().unwrap(), want[1].as_str().unwrap());
+    for (merge, want) in merges
+        .iter()
+        .zip(fixture["first_merges"].as_array().unwrap())
+    {
+        let want = format!(
+            "{} {}",
+            want[0].as_str().unwrap(),
+            want[1].as_str().unwrap()
+        );
         assert_eq!(merge.as_str().unwrap(), want);
     }
 
@@ -304,9 +311,14 @@ fn exported_tokenizer_json_encodes_like_the_embedded_bpe() {
         assert_eq!(hf.decode(&ids).unwrap(), text);
     }
     // Two BPE implementations (tiktoken's and Hugging Face's) over every HH test transcript.
-    let Some(transcripts) = hh_chosen_transcripts() else { return };
+    let Some(transcripts) = hh_chosen_transcripts() else {
+        return;
+    };
     let embedded = Tokenizer::gpt2();
     for transcript in &transcripts {
-        assert_eq!(hf.encode(transcript).unwrap(), embedded.encode(transcript).unwrap());
+        assert_eq!(
+            hf.encode(transcript).unwrap(),
+            embedded.encode(transcript).unwrap()
+        );
     }
 }

@@ -329,7 +329,49 @@ fn sft_on_hh_lowers_held_out_loss() {
 }
 
 #[test]
-#[ignore = "about 10 minutes on 2 cores in the dev profile: 1,200 pairs x 2 epochs of forward/backward"]
+fn reward_model_fits_hh_training_pairs() {
+    let Some(pairs) = hh_pairs() else { return };
+    let began = Instant::now();
+    let bundle = tiny_bundle(4);
+    let train_pairs = encode_pairs(&bundle, &pairs[..32], LENGTHS, None).unwrap();
+    let mut objective =
+        RewardObjective::new(bundle.model, 4, PAD, train_pairs.clone(), Vec::new(), 16).unwrap();
+    let before = objective.pair_stats(&train_pairs).unwrap();
+    let config = LoopConfig {
+        seed: 4,
+        epochs: 4,
+        batch_size: 16,
+        learning_rate: Some(3e-3),
+        ..LoopConfig::default()
+    };
+    let (_dir, run) = run_dir();
+    train(
+        &mut objective,
+        &config,
+        1.0,
+        &run,
+        "",
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    let after = objective.pair_stats(&train_pairs).unwrap();
+    eprintln!(
+        "RM train accuracy {:.3} -> {:.3}, margin {:.3} -> {:.3} in {:.1}s",
+        before.accuracy,
+        after.accuracy,
+        before.mean_margin,
+        after.mean_margin,
+        began.elapsed().as_secs_f64()
+    );
+    // 8 steps over 32 pairs: the model separates most training pairs (a random head scores
+    // them at chance).
+    assert!(after.accuracy >= 0.75, "{after:?}");
+    assert!(after.mean_margin > before.mean_margin);
+}
+
+#[test]
+#[ignore = "about 5 minutes on 2 cores in the dev profile (1,200 pairs x 2 epochs); measured accuracy 0.573"]
 fn reward_model_on_hh_beats_chance_on_held_out_pairs() {
     let Some(pairs) = hh_pairs() else { return };
     let began = Instant::now();
