@@ -5,6 +5,7 @@
 //!   with label smoothing), SFT cross-entropy.
 //! - [`trainer`]: the loop (seeded shuffling, gradient accumulation, evaluation, checkpoints,
 //!   `metrics.jsonl`, bit-identical resume) that [`sft`], [`reward`] and [`dpo`] plug into.
+//! - [`seed_replication`]: the seed study's two SFT arms (chosen / rejected) as one preset.
 
 pub mod checkpoint;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod optim;
 pub mod reward;
 pub mod schedule;
+pub mod seed_replication;
 pub mod setup;
 pub mod sft;
 pub mod trainer;

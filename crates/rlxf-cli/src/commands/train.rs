@@ -1,4 +1,5 @@
-//! `rlxf train sft|rm|dpo` (training from a TOML config) and `rlxf rm score`.
+//! `rlxf train sft|rm|dpo` (training from a TOML config), `rlxf train seed-replication` (the seed
+//! study's two SFT arms) and `rlxf rm score`.
 
 use std::path::{Path, PathBuf};
 
@@ -6,6 +7,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::ProgressBar;
 use rlxf_train::config::read_config;
+use rlxf_train::seed_replication::{self, Arm, SeedReplicationConfig, SeedReplicationObserver};
 use rlxf_train::setup::{load_model, Lengths};
 use rlxf_train::{dpo, reward, sft, RunOptions, TrainObserver, TrainSummary};
 use serde::de::DeserializeOwned;
@@ -24,6 +26,22 @@ pub enum TrainCommand {
     Rm(TrainArgs),
     /// Direct Preference Optimization against a frozen reference model.
     Dpo(TrainArgs),
+    /// The seed study's protocol: SFT on the chosen replies into OUTPUT_DIR/rlhf/ and SFT on the
+    /// rejected replies (the seed's stand-in for AI feedback, not real RLAIF) into
+    /// OUTPUT_DIR/rlaif/, then OUTPUT_DIR/summary.json. A rerun resumes or skips finished arms.
+    SeedReplication(SeedReplicationArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedReplicationArgs {
+    /// TOML config: an SFT config without `target` (see configs/seed-replication*.toml).
+    #[arg(long, value_name = "FILE.toml")]
+    config: PathBuf,
+
+    /// Override a config field, e.g. --set data.max_pairs=100 (value in TOML syntax; bare words
+    /// are strings). Repeatable.
+    #[arg(long = "set", value_name = "FIELD=VALUE")]
+    overrides: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -101,6 +119,16 @@ impl TrainObserver for Bar {
     }
 }
 
+impl SeedReplicationObserver for Bar {
+    fn on_arm(&mut self, arm: Arm) {
+        self.0.println(format!(
+            "arm {} (SFT on {:?})",
+            arm.dir_name(),
+            arm.target()
+        ));
+    }
+}
+
 pub fn run(cmd: TrainCommand, ctx: Ctx) -> anyhow::Result<()> {
     match cmd {
         TrainCommand::Sft(args) => run_algorithm(
@@ -127,7 +155,43 @@ pub fn run(cmd: TrainCommand, ctx: Ctx) -> anyhow::Result<()> {
             |c, dir| c.output_dir = dir,
             dpo::run,
         ),
+        TrainCommand::SeedReplication(args) => run_seed_replication(args, ctx),
     }
+}
+
+fn run_seed_replication(args: SeedReplicationArgs, ctx: Ctx) -> anyhow::Result<()> {
+    let (config, _) = read_config::<SeedReplicationConfig>(&args.config, &args.overrides)
+        .with_context(|| format!("reading the preset config {}", args.config.display()))?;
+    let mut observer = Bar(progress::bar(ctx, 0, "steps"));
+    let summary =
+        seed_replication::run(&config, &args.config, &mut observer).with_context(|| {
+            format!(
+                "running the seed replication into {}",
+                config.output_dir.display()
+            )
+        })?;
+    observer.0.finish_and_clear();
+    for arm in &summary.arms {
+        let eval = arm
+            .final_eval_loss
+            .map_or(String::new(), |loss| format!(", eval loss {loss:.4}"));
+        println!(
+            "{}: {} steps ({:?}), final loss {:.4}{eval}; model {}",
+            arm.arm.dir_name(),
+            arm.steps,
+            arm.outcome,
+            arm.final_train_loss,
+            arm.model_dir.display()
+        );
+    }
+    println!(
+        "summary written to {}",
+        config
+            .output_dir
+            .join(seed_replication::SUMMARY_FILE)
+            .display()
+    );
+    Ok(())
 }
 
 type RunFn<C> =
