@@ -38,7 +38,7 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     /// Per-token log-probabilities of completions given prompts, from a JSONL file.
     Logprobs(commands::logprobs::LogprobsArgs),
-    /// Train a model from a TOML config: SFT, reward model or DPO (with checkpoints and --resume).
+    /// Train from a TOML config: SFT, reward model, DPO, or the seed study's preset (checkpoints, --resume).
     #[command(subcommand)]
     Train(commands::train::TrainCommand),
     /// Use a trained reward model.
