@@ -8,7 +8,11 @@ workload on stdout (the format `rlxf bench --reference` reads):
   {"workload": "generate", "batch": 1, "prompt_len": 32, "new_tokens": 64, "tokens_per_s": ..., "peak_rss_mb": ...}
 
 Model: GPT-Neo-125M shapes (EleutherAI/gpt-neo-125M config), random init, no download.
-Usage: python3 bench/reference_pytorch.py [--threads 2] [--steps 3] [--size 125m|tiny] [--only train|generate]
+Workloads: `train` (next-token loss on every position, f32 and bf16 autocast), `sft` (reply tokens
+only) and `dpo` (sigmoid loss against cached reference log-probs), each at 4x128 and 4x256 tokens;
+greedy `generate` at batch 1 and 8.
+
+Usage: python3 bench/reference_pytorch.py [--threads 2] [--steps 3] [--size 125m|tiny] [--only train|sft|dpo|generate]
 """
 
 import argparse
@@ -75,6 +79,62 @@ def run_train(args):
     }
 
 
+def run_objective(args):
+    """One step of SFT (loss on reply tokens only, prompt labels -100) or DPO (sigmoid loss, beta
+    0.1, reference log-probs computed once beforehand as TRL's precompute_ref_log_probs does) on the
+    same shapes as `rlxf bench`: rows of seq/2 prompt + seq/2 reply tokens, batch/2 pairs for DPO."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import GPTNeoForCausalLM
+
+    torch.manual_seed(0)
+    model = GPTNeoForCausalLM(gpt_neo_config(args.size))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    half = args.seq // 2
+    rows = args.batch
+    ids = torch.randint(0, 50257, (rows, args.seq), generator=generator)
+    labels = ids.clone()
+    labels[:, :half] = -100
+    if args.workload == "dpo":
+        pairs = rows // 2
+        # rows [0, pairs) hold the chosen replies, [pairs, 2 pairs) the rejected, same prompts
+        ids[pairs:, :half] = ids[:pairs, :half]
+
+    def reply_logprob_sums(logits):
+        logprobs = F.log_softmax(logits[:, :-1].float(), dim=-1)
+        targets = ids[:, 1:]
+        picked = torch.gather(logprobs, 2, targets.unsqueeze(-1)).squeeze(-1)
+        return picked[:, half - 1:].sum(-1)
+
+    if args.workload == "dpo":
+        with torch.no_grad():
+            reference = reply_logprob_sums(model(input_ids=ids).logits)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        if args.workload == "sft":
+            loss = model(input_ids=ids, labels=labels).loss
+        else:
+            sums = reply_logprob_sums(model(input_ids=ids).logits)
+            margin = (sums[:pairs] - sums[pairs:]) - (reference[:pairs] - reference[pairs:])
+            loss = -F.logsigmoid(0.1 * margin).mean()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    seconds = (time.perf_counter() - start) / args.steps
+    return {
+        "workload": args.workload, "batch": args.batch, "seq": args.seq, "precision": "f32",
+        "seconds_per_step": seconds, "tokens_per_s": args.batch * args.seq / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 def run_generate(args):
     import torch
     from transformers import GPTNeoForCausalLM
@@ -112,10 +172,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed repetitions after one warm-up")
     parser.add_argument("--size", choices=["125m", "tiny"], default="125m")
-    parser.add_argument("--only", choices=["train", "generate"])
+    parser.add_argument("--only", choices=["train", "sft", "dpo", "generate"])
     parser.add_argument("--precisions", default="f32,bf16", help="training precisions to run")
     # set when this script calls itself for one workload
-    parser.add_argument("--workload", choices=["train", "generate"])
+    parser.add_argument("--workload", choices=["train", "sft", "dpo", "generate"])
     parser.add_argument("--batch", type=int)
     parser.add_argument("--seq", type=int)
     parser.add_argument("--precision", choices=["f32", "bf16"])
@@ -132,12 +192,19 @@ def main():
     if args.workload == "generate":
         print(json.dumps(run_generate(args)), flush=True)
         return
+    if args.workload in ("sft", "dpo"):
+        print(json.dumps(run_objective(args)), flush=True)
+        return
 
     runs = []
     if args.only in (None, "train"):
         for precision in args.precisions.split(","):
             for seq in (128, 256):
                 runs.append(["--workload", "train", "--batch", "4", "--seq", str(seq), "--precision", precision])
+    for workload in ("sft", "dpo"):
+        if args.only in (None, workload):
+            for seq in (128, 256):
+                runs.append(["--workload", workload, "--batch", "4", "--seq", str(seq)])
     if args.only in (None, "generate"):
         for batch in (1, 8):
             runs.append(["--workload", "generate", "--batch", str(batch),

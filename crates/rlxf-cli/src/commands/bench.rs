@@ -16,7 +16,12 @@ use rand_chacha::ChaCha8Rng;
 use rlxf_model::{
     generate, CausalLm, GenerationConfig, GptNeoConfig, LoadedModel, ModelConfig, Tokenizer,
 };
+use rlxf_train::dpo::{reference_logprobs, DpoObjective};
+use rlxf_train::losses::DpoLossConfig;
 use rlxf_train::optim::{named_params, AdamW, AdamWConfig};
+use rlxf_train::setup::EncodedPair;
+use rlxf_train::sft::{SftExample, SftObjective};
+use rlxf_train::Objective;
 use serde::{Deserialize, Serialize};
 
 use crate::Ctx;
@@ -35,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     threads: usize,
 
-    /// Run only the training or only the generation workloads.
+    /// Run only one kind of workload.
     #[arg(long, value_enum)]
     only: Option<WorkloadKind>,
 
@@ -67,8 +72,24 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum WorkloadKind {
+    /// The raw step of the benchmark: next-token loss over every position.
     Train,
+    /// A step of `rlxf train sft`: reply tokens only, through the SFT trainer's objective.
+    Sft,
+    /// A step of `rlxf train dpo`: chosen and rejected rows, cached reference log-probs.
+    Dpo,
     Generate,
+}
+
+impl WorkloadKind {
+    fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Train => "train",
+            WorkloadKind::Sft => "sft",
+            WorkloadKind::Dpo => "dpo",
+            WorkloadKind::Generate => "generate",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -114,8 +135,9 @@ struct BenchResult {
 impl BenchResult {
     fn label(&self) -> String {
         match self.workload {
-            WorkloadKind::Train => format!(
-                "train {}x{} {}",
+            WorkloadKind::Train | WorkloadKind::Sft | WorkloadKind::Dpo => format!(
+                "{} {}x{} {}",
+                self.workload.name(),
                 self.batch,
                 self.seq.unwrap_or(0),
                 self.precision.as_deref().unwrap_or("f32")
@@ -129,6 +151,7 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
     if let Some(workload) = args.workload {
         let result = match workload {
             WorkloadKind::Train => bench_train(&args)?,
+            WorkloadKind::Sft | WorkloadKind::Dpo => bench_objective(&args, workload)?,
             WorkloadKind::Generate => bench_generate(&args)?,
         };
         println!("{}", serde_json::to_string(&result)?);
@@ -168,13 +191,16 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The workloads: training at 4x128 and 4x256, greedy generation at batch 1 and 8.
+/// Training-like steps at 4x128 and 4x256 tokens (the raw step, SFT, DPO) and greedy generation
+/// at batch 1 and 8; `only` keeps one kind.
 fn workloads(only: Option<WorkloadKind>) -> Vec<(WorkloadKind, usize, usize)> {
     let mut list = Vec::new();
-    if only != Some(WorkloadKind::Generate) {
-        list.extend([(WorkloadKind::Train, 4, 128), (WorkloadKind::Train, 4, 256)]);
+    for kind in [WorkloadKind::Train, WorkloadKind::Sft, WorkloadKind::Dpo] {
+        if only.is_none_or(|only| only == kind) {
+            list.extend([(kind, 4, 128), (kind, 4, 256)]);
+        }
     }
-    if only != Some(WorkloadKind::Train) {
+    if only.is_none_or(|only| only == WorkloadKind::Generate) {
         list.extend([
             (WorkloadKind::Generate, 1, PROMPT_LEN),
             (WorkloadKind::Generate, 8, PROMPT_LEN),
@@ -190,10 +216,7 @@ fn run_child(
     seq: usize,
 ) -> anyhow::Result<BenchResult> {
     let exe = std::env::current_exe().context("locating the rlxf binary")?;
-    let workload_name = match workload {
-        WorkloadKind::Train => "train",
-        WorkloadKind::Generate => "generate",
-    };
+    let workload_name = workload.name();
     let output = Command::new(exe)
         .args([
             "--quiet",
@@ -254,14 +277,7 @@ fn run_reference(args: &BenchArgs) -> anyhow::Result<Vec<BenchResult>> {
         ])
         .args(["--new-tokens", &NEW_TOKENS.to_string()]);
     if let Some(only) = args.only {
-        command.args([
-            "--only",
-            if only == WorkloadKind::Train {
-                "train"
-            } else {
-                "generate"
-            },
-        ]);
+        command.args(["--only", only.name()]);
     }
     let output = command
         .output()
@@ -355,6 +371,79 @@ fn bench_train(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         seq: Some(args.seq),
         precision: Some("f32".into()),
         tokens_per_s: (args.batch * args.seq) as f64 / seconds,
+        peak_rss_mb: peak_rss_mb()?,
+    })
+}
+
+/// One optimiser step of the SFT or DPO trainer's own objective (the code `rlxf train` runs) on
+/// `batch` rows of `seq` tokens: SFT rows are a `seq/2`-token prompt and a `seq/2`-token reply (loss
+/// on the reply only); DPO takes `batch/2` pairs whose chosen and rejected rows are each a
+/// `seq/2`-token prompt and reply, against reference log-probs cached before timing, as
+/// `rlxf train dpo` caches them.
+fn bench_objective(args: &BenchArgs, workload: WorkloadKind) -> anyhow::Result<BenchResult> {
+    let device = Device::Cpu;
+    let model = LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?;
+    let pad_id = Tokenizer::gpt2().pad_id();
+    let half = args.seq / 2;
+    let rows = random_ids(args.batch * 3, half, model.vocab_size());
+    let mut optimizer = AdamW::new(named_params(&model.varmap), AdamWConfig::default())?;
+    let mut objective: Box<dyn Objective> = match workload {
+        WorkloadKind::Sft => {
+            let examples = rows
+                .chunks(2)
+                .take(args.batch)
+                .map(|chunk| SftExample {
+                    prompt: chunk[0].clone(),
+                    reply: chunk[1].clone(),
+                })
+                .collect();
+            Box::new(SftObjective::new(model, pad_id, examples, Vec::new(), 1))
+        }
+        WorkloadKind::Dpo => {
+            let pairs: Vec<EncodedPair> = rows
+                .chunks(3)
+                .take((args.batch / 2).max(1))
+                .enumerate()
+                .map(|(index, chunk)| EncodedPair {
+                    id: index.to_string(),
+                    prompt: chunk[0].clone(),
+                    chosen: chunk[1].clone(),
+                    rejected: chunk[2].clone(),
+                    label: 1.0,
+                })
+                .collect();
+            let reference = reference_logprobs(&model, &pairs, pad_id, pairs.len())?;
+            Box::new(DpoObjective::new(
+                model,
+                pad_id,
+                DpoLossConfig::default(),
+                pairs,
+                Vec::new(),
+                reference,
+                1,
+            )?)
+        }
+        other => bail!("{} is not a trainer objective", other.name()),
+    };
+    let everything: Vec<usize> = (0..objective.num_examples()).collect();
+    let units = objective.loss_units(&everything);
+    let mut tokens = 0;
+    let mut step = || -> anyhow::Result<()> {
+        let output = objective.micro_batch(&everything)?;
+        tokens = output.tokens;
+        let loss = (output.loss_sum / units)?;
+        let grads = optimizer.gradients(&loss.backward()?);
+        optimizer.step(&grads, 1e-5, 1.0)?;
+        Ok(())
+    };
+    step()?;
+    let seconds = timed(args.steps, &mut step)?;
+    Ok(BenchResult {
+        workload,
+        batch: args.batch,
+        seq: Some(args.seq),
+        precision: Some("f32".into()),
+        tokens_per_s: tokens as f64 / seconds,
         peak_rss_mb: peak_rss_mb()?,
     })
 }
