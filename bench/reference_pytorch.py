@@ -10,9 +10,11 @@ workload on stdout (the format `rlxf bench --reference` reads):
 Model: GPT-Neo-125M shapes (EleutherAI/gpt-neo-125M config), random init, no download.
 Workloads: `train` (next-token loss on every position, f32 and bf16 autocast), `sft` (reply tokens
 only) and `dpo` (sigmoid loss against cached reference log-probs), each at 4x128 and 4x256 tokens;
-greedy `generate` at batch 1 and 8.
+greedy `generate` at batch 1 and 8; an RL `rollout` (4 prompts, sampling at temperature 0.9, then
+policy and reference log-probs and values) and a whole `ppo` step (rollout, reward, GAE, 4 epochs of
+clipped policy + value updates), the math of `rlxf train ppo` and TRL's PPOTrainer.
 
-Usage: python3 bench/reference_pytorch.py [--threads 2] [--steps 3] [--size 125m|tiny] [--only train|sft|dpo|generate]
+Usage: python3 bench/reference_pytorch.py [--threads 2] [--steps 3] [--size 125m|tiny] [--only train|sft|dpo|generate|rollout|ppo]
 """
 
 import argparse
@@ -167,15 +169,97 @@ def run_generate(args):
     }
 
 
+def run_rl(args):
+    """`rollout`: sample new_tokens tokens per prompt (temperature 0.9, no top-k, exactly
+    new_tokens), then one forward pass each of the policy (log-probs, entropy, value head) and of
+    the frozen reference. `ppo`: a rollout, the synthetic reward (fraction of token 262), per-token
+    rewards (1 - beta) * score - beta * KL with beta 0.05, GAE (gamma 1, lambda 0.95), whitened
+    advantages, then 4 epochs of one minibatch: clipped policy loss (0.2) + 0.1 * clipped value loss
+    (0.2), gradient clipping to norm 1, AdamW."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import GPTNeoForCausalLM
+    torch.manual_seed(0)
+    config = gpt_neo_config(args.size)
+    policy = GPTNeoForCausalLM(config)
+    reference = GPTNeoForCausalLM(config)
+    reference.load_state_dict(policy.state_dict())
+    reference.eval()
+    value_head = torch.nn.Linear(config.hidden_size, 1, bias=False)
+    torch.nn.init.normal_(value_head.weight, std=0.02)
+    params = list(policy.parameters()) + list(value_head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(0, 50257, (args.batch, args.prompt_len), generator=generator)
+    temperature, beta, n, p = 0.9, 0.05, args.new_tokens, args.prompt_len
+
+    def score(model, ids, with_values):
+        out = model(input_ids=ids, output_hidden_states=with_values)
+        logprobs = F.log_softmax(out.logits[:, p - 1:-1].float() / temperature, dim=-1)
+        picked = torch.gather(logprobs, 2, ids[:, p:].unsqueeze(-1)).squeeze(-1)
+        entropy = -(logprobs.exp() * logprobs).sum(-1)
+        values = value_head(out.hidden_states[-1][:, p - 1:-1]).squeeze(-1) if with_values else None
+        return picked, entropy, values
+
+    def rollout():
+        with torch.no_grad():
+            ids = policy.generate(
+                input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
+                temperature=temperature, top_k=0, max_new_tokens=n, min_new_tokens=n,
+                pad_token_id=50256,
+            )
+            logprobs, _, values = score(policy, ids, True)
+            ref_logprobs, _, _ = score(reference, ids, False)
+        assert ids.shape[1] == p + n
+        return ids, logprobs, ref_logprobs, values
+
+    def ppo_step():
+        ids, old_logprobs, ref_logprobs, old_values = rollout()
+        scores = (ids[:, p:] == 262).float().mean(1)
+        rewards = -beta * (old_logprobs - ref_logprobs)
+        rewards[:, -1] += (1 - beta) * scores
+        advantages = torch.zeros_like(rewards)
+        last = torch.zeros(args.batch)
+        for t in reversed(range(n)):
+            next_value = old_values[:, t + 1] if t + 1 < n else 0.0
+            delta = rewards[:, t] + next_value - old_values[:, t]
+            last = delta + 0.95 * last
+            advantages[:, t] = last
+        returns = advantages + old_values
+        advantages = (advantages - advantages.mean()) * torch.rsqrt(advantages.var() + 1e-8)
+        for _ in range(4):
+            optimizer.zero_grad(set_to_none=True)
+            logprobs, _, values = score(policy, ids, True)
+            ratio = torch.exp(logprobs - old_logprobs)
+            pg_loss = torch.max(-advantages * ratio, -advantages * ratio.clamp(0.8, 1.2)).mean()
+            clipped = torch.clamp(values, old_values - 0.2, old_values + 0.2)
+            vf_loss = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2).mean()
+            (pg_loss + 0.1 * vf_loss).backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+
+    work = rollout if args.workload == "rollout" else ppo_step
+    work()  # warm-up
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        work()
+    seconds = (time.perf_counter() - start) / args.steps
+    return {
+        "workload": args.workload, "batch": args.batch, "seq": p, "new_tokens": n,
+        "seconds_per_step": seconds, "tokens_per_s": args.batch * n / seconds,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3, help="timed repetitions after one warm-up")
     parser.add_argument("--size", choices=["125m", "tiny"], default="125m")
-    parser.add_argument("--only", choices=["train", "sft", "dpo", "generate"])
+    parser.add_argument("--only", choices=["train", "sft", "dpo", "generate", "rollout", "ppo"])
     parser.add_argument("--precisions", default="f32,bf16", help="training precisions to run")
     # set when this script calls itself for one workload
-    parser.add_argument("--workload", choices=["train", "sft", "dpo", "generate"])
+    parser.add_argument("--workload", choices=["train", "sft", "dpo", "generate", "rollout", "ppo"])
     parser.add_argument("--batch", type=int)
     parser.add_argument("--seq", type=int)
     parser.add_argument("--precision", choices=["f32", "bf16"])
@@ -195,6 +279,9 @@ def main():
     if args.workload in ("sft", "dpo"):
         print(json.dumps(run_objective(args)), flush=True)
         return
+    if args.workload in ("rollout", "ppo"):
+        print(json.dumps(run_rl(args)), flush=True)
+        return
 
     runs = []
     if args.only in (None, "train"):
@@ -208,6 +295,10 @@ def main():
     if args.only in (None, "generate"):
         for batch in (1, 8):
             runs.append(["--workload", "generate", "--batch", str(batch),
+                         "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)])
+    for workload in ("rollout", "ppo"):
+        if args.only in (None, workload):
+            runs.append(["--workload", workload, "--batch", "4",
                          "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens)])
     common = ["--threads", str(args.threads), "--steps", str(args.steps), "--size", args.size]
     for run in runs:

@@ -5,6 +5,7 @@
 
 mod commands;
 mod progress;
+mod runner;
 
 use std::process::ExitCode;
 
@@ -28,17 +29,21 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a whole study from one TOML config: data, SFT, reward model, DPO, generation,
+    /// evaluation and report, every stage cached and resumable in runs/<name>/.
+    Run(commands::run::RunArgs),
     /// Inspect, convert and split preference data (HH-RLHF, rm-static, generic JSONL, Parquet).
     #[command(subcommand)]
     Data(commands::data::DataCommand),
-    /// Create models in Hugging Face format (random initialisation for tests and experiments).
+    /// Create, fetch (smollm2-135m-instruct) and import (GGUF) models in Hugging Face format.
     #[command(subcommand)]
     Model(commands::model::ModelCommand),
     /// Generate replies to prompts with a model (its dialogue format unless --raw).
     Generate(commands::generate::GenerateArgs),
     /// Per-token log-probabilities of completions given prompts, from a JSONL file.
     Logprobs(commands::logprobs::LogprobsArgs),
-    /// Train from a TOML config: SFT, reward model, DPO, or the seed study's preset (checkpoints, --resume).
+    /// Train from a TOML config: SFT, reward model, DPO, online RL (PPO, A2C, RLOO), or the seed
+    /// study's preset (checkpoints, --resume).
     #[command(subcommand)]
     Train(commands::train::TrainCommand),
     /// Use a trained reward model.
@@ -46,6 +51,10 @@ enum Command {
     Rm(commands::train::RmCommand),
     /// Measure training-step and generation throughput on GPT-Neo shapes against PyTorch.
     Bench(commands::bench::BenchArgs),
+    /// AI preference labels for pairs (both orders, soft labels, cached) and a labeler bias audit.
+    Label(commands::label::LabelArgs),
+    /// Serve a model over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, logprobs).
+    Serve(commands::serve::ServeArgs),
 }
 
 /// What every command needs to know about how it was invoked.
@@ -59,6 +68,7 @@ fn main() -> ExitCode {
     init_logging(cli.quiet, cli.verbose);
     let ctx = Ctx { quiet: cli.quiet };
     let result = match cli.command {
+        Command::Run(args) => commands::run::run(args, ctx),
         Command::Data(cmd) => commands::data::run(cmd, ctx),
         Command::Model(cmd) => commands::model::run(cmd, ctx),
         Command::Generate(args) => commands::generate::run(args, ctx),
@@ -66,6 +76,8 @@ fn main() -> ExitCode {
         Command::Train(cmd) => commands::train::run(cmd, ctx),
         Command::Rm(cmd) => commands::train::run_rm(cmd, ctx),
         Command::Bench(args) => commands::bench::run(args, ctx),
+        Command::Label(args) => commands::label::run(args, ctx),
+        Command::Serve(args) => commands::serve::run(args, ctx),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,3 +17,14 @@ pub fn bar(ctx: Ctx, len: u64, unit: &str) -> ProgressBar {
     .progress_chars("=> ");
     ProgressBar::new(len).with_style(style)
 }
+
+/// A spinner showing the current stage of work whose length is unknown (a download, a
+/// conversion), or a hidden one under `--quiet`.
+pub fn spinner(ctx: Ctx, message: &str) -> ProgressBar {
+    if ctx.quiet {
+        return ProgressBar::hidden();
+    }
+    let spinner = ProgressBar::new_spinner().with_message(message.to_string());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    spinner
+}

@@ -1,15 +1,23 @@
 //! Dialogue formats: how turns become the text a model sees, where the end-of-sequence token goes,
 //! and which strings end a generated reply. Everything that knows the shape of a dialogue lives
-//! here, so a new template (ChatML for SmolLM2, say) is one more [`ChatTemplate`] variant.
+//! here: the Anthropic HH format for base models (GPT-Neo, GPT-2) and ChatML for instruction-tuned
+//! models that ship a ChatML chat template (SmolLM2). Preference data is stored in the HH format
+//! ([`ChatTemplate::render_hh_prompt`] and [`ChatTemplate::render_hh_reply`] carry it over).
 
 use std::path::Path;
 
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{read_json_file, Tokenizer};
 use crate::{ModelError, Result};
 
 /// Anthropic HH-RLHF markers. A turn's text follows its marker after one space.
 const HH_HUMAN: &str = "\n\nHuman:";
 const HH_ASSISTANT: &str = "\n\nAssistant:";
+
+/// ChatML markers: a turn is `<|im_start|>{role}\n{text}<|im_end|>\n`.
+const IM_START: &str = "<|im_start|>";
+const IM_END: &str = "<|im_end|>";
+const CHATML_USER: &str = "user";
+const CHATML_ASSISTANT: &str = "assistant";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -45,34 +53,34 @@ pub enum ChatTemplate {
     /// `"\n\nHuman: …\n\nAssistant: …"`, the Anthropic HH-RLHF format, used for base models that
     /// have no chat format of their own (GPT-Neo, GPT-2). Replies end with the tokenizer's EOS.
     HumanAssistant,
+    /// `"<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n…<|im_end|>\n"`, for models whose
+    /// `tokenizer_config.json` chat template is ChatML (SmolLM2). Replies end with `<|im_end|>`.
+    ChatMl,
 }
 
 impl ChatTemplate {
-    /// The template for a Hugging Face `model_type`. Every architecture rlxf supports today is a
-    /// base model without a chat format, so all of them get the HH format.
+    /// The template for a Hugging Face `model_type` when nothing else is known about the model
+    /// (a freshly initialised one): base models without a chat format get the HH format.
     pub fn for_model_type(_model_type: &str) -> Self {
         ChatTemplate::HumanAssistant
     }
 
-    /// The template for the model in `model_dir`, from its `config.json` `model_type` (HH when the
-    /// config is missing or says nothing).
+    /// The template for the model in `model_dir`: ChatML when its `tokenizer_config.json` has a
+    /// ChatML `chat_template` (SmolLM2-Instruct and other ChatML-tuned models), otherwise the
+    /// template of its `config.json` `model_type` (HH when the files are missing or say nothing).
     pub fn for_model_dir(model_dir: &Path) -> Result<Self> {
-        let path = model_dir.join("config.json");
-        if !path.is_file() {
-            return Ok(ChatTemplate::HumanAssistant);
+        let tokenizer_config = read_json_file(&model_dir.join("tokenizer_config.json"))?;
+        let chat_template = tokenizer_config
+            .as_ref()
+            .and_then(|config| config.get("chat_template"))
+            .and_then(|value| value.as_str());
+        if chat_template.is_some_and(|template| template.contains(IM_START)) {
+            return Ok(ChatTemplate::ChatMl);
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let config: serde_json::Value =
-            serde_json::from_str(&text).map_err(|err| ModelError::InvalidConfig {
-                path: path.clone(),
-                field: "(file)".to_string(),
-                reason: err.to_string(),
-            })?;
+        let config = read_json_file(&model_dir.join("config.json"))?;
         let model_type = config
-            .get("model_type")
+            .as_ref()
+            .and_then(|config| config.get("model_type"))
             .and_then(|value| value.as_str())
             .unwrap_or("");
         Ok(Self::for_model_type(model_type))
@@ -91,18 +99,17 @@ impl ChatTemplate {
             }
             None => return Err(malformed("a prompt needs at least one turn", "")),
         }
-        match self {
-            ChatTemplate::HumanAssistant => {
-                Ok(format!("{}{HH_ASSISTANT}", self.format_transcript(turns)))
-            }
-        }
+        let open_reply = match self {
+            ChatTemplate::HumanAssistant => HH_ASSISTANT.to_string(),
+            ChatTemplate::ChatMl => format!("{IM_START}{CHATML_ASSISTANT}\n"),
+        };
+        Ok(format!("{}{open_reply}", self.format_transcript(turns)))
     }
 
     /// The prompt for a reply to a single user message.
     pub fn format_user_message(&self, text: &str) -> String {
-        match self {
-            ChatTemplate::HumanAssistant => format!("{HH_HUMAN} {text}{HH_ASSISTANT}"),
-        }
+        self.format_prompt(&[Turn::user(text)])
+            .expect("a single user turn is a valid prompt")
     }
 
     /// All turns rendered as a complete transcript (the inverse of [`Self::parse_transcript`]).
@@ -120,6 +127,16 @@ impl ChatTemplate {
                     format!("{marker} {}", turn.text)
                 })
                 .collect(),
+            ChatTemplate::ChatMl => turns
+                .iter()
+                .map(|turn| {
+                    let role = match turn.role {
+                        Role::User => CHATML_USER,
+                        Role::Assistant => CHATML_ASSISTANT,
+                    };
+                    format!("{IM_START}{role}\n{}{IM_END}\n", turn.text)
+                })
+                .collect(),
         }
     }
 
@@ -128,6 +145,7 @@ impl ChatTemplate {
     pub fn parse_transcript(&self, transcript: &str) -> Result<Vec<Turn>> {
         match self {
             ChatTemplate::HumanAssistant => parse_hh(transcript),
+            ChatTemplate::ChatMl => parse_chatml(transcript),
         }
     }
 
@@ -142,6 +160,13 @@ impl ChatTemplate {
                 })?;
                 Ok(transcript.split_at(at + HH_ASSISTANT.len()))
             }
+            ChatTemplate::ChatMl => {
+                let marker = format!("{IM_START}{CHATML_ASSISTANT}\n");
+                let at = transcript.rfind(&marker).ok_or_else(|| {
+                    malformed("no \"<|im_start|>assistant\" turn", excerpt(transcript, 0))
+                })?;
+                Ok(transcript.split_at(at + marker.len()))
+            }
         }
     }
 
@@ -149,6 +174,9 @@ impl ChatTemplate {
     pub fn stop_strings(&self) -> Vec<String> {
         match self {
             ChatTemplate::HumanAssistant => vec![HH_HUMAN.to_string()],
+            // `<|im_end|>` is usually the tokenizer's EOS as well; a model that skips it and opens
+            // a new turn is stopped too.
+            ChatTemplate::ChatMl => vec![IM_END.to_string(), IM_START.to_string()],
         }
     }
 
@@ -160,15 +188,57 @@ impl ChatTemplate {
                 .strip_prefix(' ')
                 .unwrap_or(completion)
                 .trim_end(),
+            ChatTemplate::ChatMl => completion
+                .split(IM_END)
+                .next()
+                .unwrap_or(completion)
+                .trim_end(),
         }
     }
 
-    /// Token ids of a training target: the completion followed by the tokenizer's EOS, so the
-    /// model learns to end its reply (and generation can stop at EOS instead of rambling into a
-    /// fake next turn). This is the one place EOS is appended.
+    /// A prompt stored in the HH format (how rlxf keeps preference data) rendered in this
+    /// template: the same turns, ready for the model's reply.
+    pub fn render_hh_prompt(&self, hh_prompt: &str) -> Result<String> {
+        match self {
+            ChatTemplate::HumanAssistant => Ok(hh_prompt.to_string()),
+            ChatTemplate::ChatMl => {
+                let mut turns = parse_hh(hh_prompt)?;
+                // An HH prompt ends with the open "\n\nAssistant:" the reply follows.
+                if turns
+                    .last()
+                    .is_some_and(|turn| turn.role == Role::Assistant && turn.text.trim().is_empty())
+                {
+                    turns.pop();
+                }
+                self.format_prompt(&turns)
+            }
+        }
+    }
+
+    /// A reply stored in the HH format (`" text"`, the separator space after the marker kept) as
+    /// the completion this template's prompt expects.
+    pub fn render_hh_reply<'a>(&self, hh_reply: &'a str) -> &'a str {
+        match self {
+            ChatTemplate::HumanAssistant => hh_reply,
+            ChatTemplate::ChatMl => hh_reply.strip_prefix(' ').unwrap_or(hh_reply),
+        }
+    }
+
+    /// Token ids of a training target: the completion followed by the end of the turn (the
+    /// tokenizer's EOS for HH, `<|im_end|>` for ChatML), so the model learns to end its reply (and
+    /// generation can stop there instead of rambling into a fake next turn). This is the one place
+    /// the end-of-turn token is appended.
     pub fn completion_ids(&self, tokenizer: &Tokenizer, completion: &str) -> Result<Vec<u32>> {
         let mut ids = tokenizer.encode(completion)?;
-        ids.push(tokenizer.eos_id());
+        let end = match self {
+            ChatTemplate::HumanAssistant => tokenizer.eos_id(),
+            ChatTemplate::ChatMl => tokenizer.single_token_id(IM_END)?.ok_or_else(|| {
+                ModelError::InvalidInput(format!(
+                    "the ChatML template needs `{IM_END}` to be one token of the tokenizer"
+                ))
+            })?,
+        };
+        ids.push(end);
         Ok(ids)
     }
 }
@@ -212,6 +282,51 @@ fn parse_hh(transcript: &str) -> Result<Vec<Turn>> {
         })
         .collect();
     Ok(turns)
+}
+
+/// Splits a ChatML transcript into turns. Every turn starts with `<|im_start|>{role}\n`; a turn's
+/// text ends at `<|im_end|>` (the last turn may be open: a reply being written).
+fn parse_chatml(transcript: &str) -> Result<Vec<Turn>> {
+    let Some(rest) = transcript.strip_prefix(IM_START) else {
+        return Err(malformed(
+            "a ChatML transcript starts with \"<|im_start|>\"",
+            excerpt(transcript, 0),
+        ));
+    };
+    rest.split(IM_START)
+        .map(|segment| {
+            let (role, body) = segment.split_once('\n').ok_or_else(|| {
+                malformed(
+                    "a ChatML turn needs a newline after its role",
+                    excerpt(segment, 0),
+                )
+            })?;
+            let role = match role {
+                CHATML_USER => Role::User,
+                CHATML_ASSISTANT => Role::Assistant,
+                _ => {
+                    return Err(malformed(
+                        "ChatML roles other than user and assistant are not supported",
+                        excerpt(segment, 0),
+                    ))
+                }
+            };
+            let text = match body.split_once(IM_END) {
+                Some((text, after)) if after.trim().is_empty() => text,
+                Some(_) => {
+                    return Err(malformed(
+                        "text after \"<|im_end|>\" outside a turn",
+                        excerpt(segment, 0),
+                    ))
+                }
+                None => body,
+            };
+            Ok(Turn {
+                role,
+                text: text.to_string(),
+            })
+        })
+        .collect()
 }
 
 fn malformed(reason: &str, excerpt: &str) -> ModelError {
@@ -305,5 +420,89 @@ mod tests {
         let tokenizer = Tokenizer::gpt2();
         let ids = HH.completion_ids(&tokenizer, " Hello").unwrap();
         assert_eq!(ids, vec![18435, crate::tokenizer::GPT2_EOS_ID]);
+    }
+
+    const CHATML: ChatTemplate = ChatTemplate::ChatMl;
+
+    #[test]
+    fn chatml_formats_like_smollm2_chat_template() {
+        // What SmolLM2's chat template renders (after its system turn) for one user message with
+        // add_generation_prompt.
+        assert_eq!(
+            CHATML.format_user_message("I feel lonely lately."),
+            "<|im_start|>user\nI feel lonely lately.<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let turns = vec![
+            Turn::user("Hi"),
+            Turn::assistant("Hello! How can I help?"),
+            Turn::user("A joke"),
+        ];
+        let transcript = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello! How can I help?<|im_end|>\n<|im_start|>user\nA joke<|im_end|>\n";
+        assert_eq!(CHATML.format_transcript(&turns), transcript);
+        assert_eq!(CHATML.parse_transcript(transcript).unwrap(), turns);
+        let prompt = CHATML.format_prompt(&turns).unwrap();
+        assert_eq!(prompt, format!("{transcript}<|im_start|>assistant\n"));
+        let with_reply = format!("{prompt}Why did the chicken…<|im_end|>\n");
+        let (head, reply) = CHATML.split_last_reply(&with_reply).unwrap();
+        assert_eq!(head, prompt);
+        assert_eq!(CHATML.reply_text(reply), "Why did the chicken…");
+    }
+
+    #[test]
+    fn chatml_rejects_malformed_transcripts() {
+        for bad in [
+            "user\nHi<|im_end|>\n",
+            "<|im_start|>system\nBe brief<|im_end|>\n",
+            "<|im_start|>user Hi<|im_end|>",
+            "<|im_start|>user\nHi<|im_end|>junk",
+        ] {
+            assert!(
+                CHATML.parse_transcript(bad).unwrap_err().is_bad_input(),
+                "{bad:?}"
+            );
+        }
+        assert!(CHATML.split_last_reply("<|im_start|>user\nHi").is_err());
+    }
+
+    #[test]
+    fn hh_data_renders_in_chatml() {
+        let hh = "\n\nHuman: Hi\n\nAssistant: Hey\n\nHuman: Joke?\n\nAssistant:";
+        assert_eq!(HH.render_hh_prompt(hh).unwrap(), hh);
+        assert_eq!(
+            CHATML.render_hh_prompt(hh).unwrap(),
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHey<|im_end|>\n\
+             <|im_start|>user\nJoke?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(HH.render_hh_reply(" No."), " No.");
+        assert_eq!(CHATML.render_hh_reply(" No."), "No.");
+    }
+
+    #[test]
+    fn chatml_is_chosen_from_the_tokenizer_config() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ChatTemplate::for_model_dir(dir.path()).unwrap(),
+            ChatTemplate::HumanAssistant
+        );
+        std::fs::write(dir.path().join("config.json"), r#"{"model_type": "llama"}"#).unwrap();
+        assert_eq!(
+            ChatTemplate::for_model_dir(dir.path()).unwrap(),
+            ChatTemplate::HumanAssistant
+        );
+        let config = serde_json::json!({"chat_template": "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"});
+        std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+        assert_eq!(
+            ChatTemplate::for_model_dir(dir.path()).unwrap(),
+            ChatTemplate::ChatMl
+        );
+        std::fs::write(dir.path().join("tokenizer_config.json"), "{broken").unwrap();
+        let err = ChatTemplate::for_model_dir(dir.path()).unwrap_err();
+        assert!(err.is_bad_input() && err.to_string().contains("tokenizer_config.json"));
+    }
+
+    #[test]
+    fn chatml_completions_end_with_im_end_and_need_the_token() {
+        let gpt2 = Tokenizer::gpt2();
+        assert!(CHATML.completion_ids(&gpt2, "Hello").is_err());
     }
 }

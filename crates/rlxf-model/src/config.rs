@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::error::{ModelError, Result};
 
 /// The `model_type` values [`ModelConfig::read`] understands.
-pub const SUPPORTED_MODEL_TYPES: [&str; 2] = ["gpt_neo", "gpt2"];
+pub const SUPPORTED_MODEL_TYPES: [&str; 3] = ["gpt_neo", "gpt2", "llama"];
 
 /// Fields `to_json` writes from the model itself rather than from the config struct.
 const DERIVED_FIELDS: [&str; 5] = [
@@ -47,6 +47,11 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation of a validated config's `activation_function`.
+    pub(crate) fn of_validated(name: &str) -> Self {
+        Self::parse(name).expect("validated when the config was built")
+    }
+
     fn parse(name: &str) -> Option<Self> {
         match name {
             "gelu_new" | "gelu_pytorch_tanh" => Some(Activation::GeluTanh),
@@ -54,6 +59,65 @@ impl Activation {
             _ => None,
         }
     }
+}
+
+/// HF `LlamaConfig` (Llama, SmolLM2, TinyLlama, ...): RMSNorm, rotary position embeddings,
+/// SwiGLU MLP, grouped-query attention, tied or untied LM head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    #[serde(default = "defaults::llama_vocab_size")]
+    pub vocab_size: usize,
+    #[serde(default = "defaults::llama_hidden_size")]
+    pub hidden_size: usize,
+    #[serde(default = "defaults::llama_intermediate_size")]
+    pub intermediate_size: usize,
+    #[serde(default = "defaults::llama_num_layers")]
+    pub num_hidden_layers: usize,
+    #[serde(default = "defaults::llama_num_heads")]
+    pub num_attention_heads: usize,
+    /// Heads of keys and values (grouped-query attention); `None` means one per query head.
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// `None` means `hidden_size / num_attention_heads`.
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "defaults::llama_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "defaults::llama_max_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "defaults::initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default = "defaults::llama_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    /// HF's default for Llama is an untied head.
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    /// transformers 4 keeps the RoPE base here; transformers 5 in `rope_parameters`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<RopeParameters>,
+    /// transformers 4's RoPE scaling; only `null` (or type `default`) is supported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<Value>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    /// Every other field of the file, written back unchanged.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// transformers 5's `rope_parameters`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default = "defaults::rope_type")]
+    pub rope_type: String,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
 }
 
 /// HF `GPTNeoConfig`.
@@ -179,6 +243,36 @@ mod defaults {
     }
     pub fn gpt2_n_head() -> usize {
         12
+    }
+    pub fn llama_vocab_size() -> usize {
+        32000
+    }
+    pub fn llama_hidden_size() -> usize {
+        4096
+    }
+    pub fn llama_intermediate_size() -> usize {
+        11008
+    }
+    pub fn llama_num_layers() -> usize {
+        32
+    }
+    pub fn llama_num_heads() -> usize {
+        32
+    }
+    pub fn llama_hidden_act() -> String {
+        "silu".to_string()
+    }
+    pub fn llama_max_positions() -> usize {
+        2048
+    }
+    pub fn llama_rms_norm_eps() -> f64 {
+        1e-6
+    }
+    pub fn rope_type() -> String {
+        "default".to_string()
+    }
+    pub fn rope_theta() -> f64 {
+        10000.0
     }
 }
 
@@ -316,6 +410,155 @@ impl Gpt2Config {
     }
 }
 
+impl LlamaConfig {
+    /// A 2-layer, 64-wide model with grouped-query attention (4 query heads sharing 2 key/value
+    /// heads) over the GPT-2 vocabulary, for tests and smoke runs.
+    pub fn tiny() -> Self {
+        Self {
+            vocab_size: defaults::vocab_size(),
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            head_dim: None,
+            hidden_act: defaults::llama_hidden_act(),
+            max_position_embeddings: 256,
+            initializer_range: defaults::initializer_range(),
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+            rope_theta: Some(defaults::rope_theta()),
+            rope_parameters: Some(RopeParameters::with_theta(defaults::rope_theta())),
+            rope_scaling: None,
+            attention_bias: false,
+            mlp_bias: false,
+            extra: token_id_fields(),
+        }
+    }
+
+    /// The configuration of `HuggingFaceTB/SmolLM2-135M-Instruct` (tokens 1/2 are
+    /// `<|im_start|>`/`<|im_end|>`).
+    pub fn smollm2_135m() -> Self {
+        let theta = 100000.0;
+        let mut extra = Map::new();
+        extra.insert("bos_token_id".into(), 1.into());
+        extra.insert("eos_token_id".into(), 2.into());
+        extra.insert("pad_token_id".into(), 2.into());
+        Self {
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: Some(3),
+            max_position_embeddings: 8192,
+            rope_theta: Some(theta),
+            rope_parameters: Some(RopeParameters::with_theta(theta)),
+            extra,
+            ..Self::tiny()
+        }
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_size(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// The RoPE base: `rope_parameters.rope_theta`, else `rope_theta`, else HF's 10000.
+    pub fn rope_base(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .and_then(|parameters| parameters.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or_else(defaults::rope_theta)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let heads = self.num_attention_heads;
+        if heads == 0 || (self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads)) {
+            return Err(invalid(
+                path,
+                "num_attention_heads",
+                format!(
+                    "hidden size {} is not divisible by {heads} heads",
+                    self.hidden_size
+                ),
+            ));
+        }
+        let kv_heads = self.kv_heads();
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
+            return Err(invalid(
+                path,
+                "num_key_value_heads",
+                format!(
+                    "{heads} query heads cannot be shared evenly by {kv_heads} key/value heads"
+                ),
+            ));
+        }
+        if !self.head_size().is_multiple_of(2) {
+            return Err(invalid(
+                path,
+                "head_dim",
+                format!(
+                    "rotary embeddings need an even head size, got {}",
+                    self.head_size()
+                ),
+            ));
+        }
+        if self.hidden_act != "silu" {
+            return Err(invalid(
+                path,
+                "hidden_act",
+                format!("`{}` is not supported (Llama uses silu)", self.hidden_act),
+            ));
+        }
+        let default_rope = |kind: Option<&str>| kind.is_none_or(|kind| kind == "default");
+        if let Some(parameters) = &self.rope_parameters {
+            if !default_rope(Some(&parameters.rope_type)) {
+                return Err(invalid(
+                    path,
+                    "rope_parameters.rope_type",
+                    format!(
+                        "`{}` is not supported (only default RoPE)",
+                        parameters.rope_type
+                    ),
+                ));
+            }
+        }
+        match &self.rope_scaling {
+            None | Some(Value::Null) => {}
+            Some(scaling) => {
+                let kind = scaling
+                    .get("rope_type")
+                    .or_else(|| scaling.get("type"))
+                    .and_then(Value::as_str);
+                if !default_rope(kind) {
+                    return Err(invalid(
+                        path,
+                        "rope_scaling",
+                        format!("{scaling} is not supported (only default RoPE)"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl RopeParameters {
+    pub fn with_theta(theta: f64) -> Self {
+        Self {
+            rope_theta: Some(theta),
+            rope_type: defaults::rope_type(),
+            extra: Map::new(),
+        }
+    }
+}
+
 fn validate_common(
     path: &Path,
     hidden: usize,
@@ -360,6 +603,7 @@ fn invalid(path: &Path, field: &str, reason: String) -> ModelError {
 pub enum ModelConfig {
     GptNeo(GptNeoConfig),
     Gpt2(Gpt2Config),
+    Llama(LlamaConfig),
 }
 
 impl ModelConfig {
@@ -391,6 +635,7 @@ impl ModelConfig {
         let config = match model_type.as_str() {
             "gpt_neo" => ModelConfig::GptNeo(deserialize(value, path)?),
             "gpt2" => ModelConfig::Gpt2(deserialize(value, path)?),
+            "llama" => ModelConfig::Llama(deserialize(value, path)?),
             _ => {
                 return Err(ModelError::UnknownModelType {
                     path: path.to_path_buf(),
@@ -409,6 +654,7 @@ impl ModelConfig {
         let extra = match &mut self {
             ModelConfig::GptNeo(config) => &mut config.extra,
             ModelConfig::Gpt2(config) => &mut config.extra,
+            ModelConfig::Llama(config) => &mut config.extra,
         };
         for field in DERIVED_FIELDS {
             extra.remove(field);
@@ -420,6 +666,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(config) => config.validate(path),
             ModelConfig::Gpt2(config) => config.validate(path),
+            ModelConfig::Llama(config) => config.validate(path),
         }
     }
 
@@ -427,6 +674,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(_) => "gpt_neo",
             ModelConfig::Gpt2(_) => "gpt2",
+            ModelConfig::Llama(_) => "llama",
         }
     }
 
@@ -435,6 +683,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(_) => "GPTNeoForCausalLM",
             ModelConfig::Gpt2(_) => "GPT2LMHeadModel",
+            ModelConfig::Llama(_) => "LlamaForCausalLM",
         }
     }
 
@@ -443,6 +692,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(_) => "GPTNeoForSequenceClassification",
             ModelConfig::Gpt2(_) => "GPT2ForSequenceClassification",
+            ModelConfig::Llama(_) => "LlamaForSequenceClassification",
         }
     }
 
@@ -450,6 +700,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(config) => config.vocab_size,
             ModelConfig::Gpt2(config) => config.vocab_size,
+            ModelConfig::Llama(config) => config.vocab_size,
         }
     }
 
@@ -457,6 +708,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(config) => config.hidden_size,
             ModelConfig::Gpt2(config) => config.n_embd,
+            ModelConfig::Llama(config) => config.hidden_size,
         }
     }
 
@@ -464,6 +716,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(config) => config.num_layers,
             ModelConfig::Gpt2(config) => config.n_layer,
+            ModelConfig::Llama(config) => config.num_hidden_layers,
         }
     }
 
@@ -471,6 +724,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(config) => config.max_position_embeddings,
             ModelConfig::Gpt2(config) => config.n_positions,
+            ModelConfig::Llama(config) => config.max_position_embeddings,
         }
     }
 
@@ -478,6 +732,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(config) => config.initializer_range,
             ModelConfig::Gpt2(config) => config.initializer_range,
+            ModelConfig::Llama(config) => config.initializer_range,
         }
     }
 
@@ -485,6 +740,7 @@ impl ModelConfig {
         match self {
             ModelConfig::GptNeo(config) => &config.extra,
             ModelConfig::Gpt2(config) => &config.extra,
+            ModelConfig::Llama(config) => &config.extra,
         }
     }
 
@@ -511,20 +767,13 @@ impl ModelConfig {
                 object
             }
             ModelConfig::Gpt2(config) => to_object(config),
+            ModelConfig::Llama(config) => to_object(config),
         };
         object.insert("architectures".into(), Value::from(vec![architecture]));
         object.insert("model_type".into(), self.model_type().into());
         object.insert("dtype".into(), dtype_name.into());
         object.insert("torch_dtype".into(), dtype_name.into());
         Value::Object(object)
-    }
-
-    pub(crate) fn activation(&self) -> Activation {
-        let name = match self {
-            ModelConfig::GptNeo(config) => &config.activation_function,
-            ModelConfig::Gpt2(config) => &config.activation_function,
-        };
-        Activation::parse(name).expect("validated when the config was built")
     }
 }
 
@@ -587,11 +836,11 @@ mod tests {
     #[test]
     fn errors_name_file_and_field() {
         let path = Path::new("dir/config.json");
-        let err = ModelConfig::parse(r#"{"model_type": "llama"}"#, path).unwrap_err();
+        let err = ModelConfig::parse(r#"{"model_type": "mamba"}"#, path).unwrap_err();
         assert!(err.is_bad_input());
         let message = err.to_string();
         assert!(
-            message.contains("llama") && message.contains("gpt_neo, gpt2"),
+            message.contains("mamba") && message.contains("gpt_neo, gpt2, llama"),
             "{message}"
         );
 
@@ -617,5 +866,66 @@ mod tests {
         let err = ModelConfig::read(Path::new("/nonexistent-rlxf-dir")).unwrap_err();
         assert!(err.is_bad_input());
         assert!(err.to_string().contains("config.json"));
+    }
+
+    #[test]
+    fn llama_configs_of_both_transformers_generations_parse() {
+        // transformers 4 style: top-level rope_theta, GQA.
+        let v4 = r#"{"model_type": "llama", "hidden_size": 576, "num_attention_heads": 9,
+            "num_key_value_heads": 3, "rope_theta": 100000.0, "rope_scaling": null,
+            "tie_word_embeddings": true, "eos_token_id": 2}"#;
+        let ModelConfig::Llama(config) = ModelConfig::parse(v4, Path::new("c.json")).unwrap()
+        else {
+            panic!("wrong architecture")
+        };
+        assert_eq!((config.head_size(), config.kv_heads()), (64, 3));
+        assert_eq!(config.rope_base(), 100000.0);
+        // transformers 5 style: rope_parameters; defaults for the rest (untied, 10000 for a
+        // missing theta).
+        let v5 = r#"{"model_type": "llama", "rope_parameters": {"rope_theta": 500.0, "rope_type": "default"}}"#;
+        let ModelConfig::Llama(config) = ModelConfig::parse(v5, Path::new("c.json")).unwrap()
+        else {
+            panic!("wrong architecture")
+        };
+        assert_eq!(config.rope_base(), 500.0);
+        assert!(!config.tie_word_embeddings);
+        assert_eq!(config.kv_heads(), 32);
+        let bare = r#"{"model_type": "llama"}"#;
+        let ModelConfig::Llama(config) = ModelConfig::parse(bare, Path::new("c.json")).unwrap()
+        else {
+            panic!("wrong architecture")
+        };
+        assert_eq!(config.rope_base(), 10000.0);
+    }
+
+    #[test]
+    fn unsupported_llama_settings_are_named() {
+        let path = Path::new("m/config.json");
+        for (text, field) in [
+            (
+                r#"{"model_type": "llama", "num_attention_heads": 8, "num_key_value_heads": 3}"#,
+                "num_key_value_heads",
+            ),
+            (
+                r#"{"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}"#,
+                "rope_scaling",
+            ),
+            (
+                r#"{"model_type": "llama", "rope_parameters": {"rope_theta": 1.0, "rope_type": "yarn"}}"#,
+                "rope_parameters.rope_type",
+            ),
+            (
+                r#"{"model_type": "llama", "hidden_act": "gelu"}"#,
+                "hidden_act",
+            ),
+        ] {
+            let err = ModelConfig::parse(text, path).unwrap_err();
+            assert!(err.is_bad_input());
+            let message = err.to_string();
+            assert!(
+                message.contains(field) && message.contains("m/config.json"),
+                "{message}"
+            );
+        }
     }
 }

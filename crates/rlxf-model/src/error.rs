@@ -32,6 +32,13 @@ pub enum ModelError {
         supported: Vec<&'static str>,
     },
 
+    #[error("{path}: GGUF `{key}`: {reason}")]
+    InvalidGguf {
+        path: PathBuf,
+        key: String,
+        reason: String,
+    },
+
     #[error("{path}: no weights found (expected model.safetensors or pytorch_model.bin)")]
     MissingWeights { path: PathBuf },
 
@@ -61,6 +68,24 @@ pub enum ModelError {
 
     #[error("model `{model_id}` is not a local directory and could not be fetched from the Hugging Face hub ({reason}); without network access pass a local directory holding config.json and model.safetensors")]
     HubUnavailable { model_id: String, reason: String },
+
+    #[error("cannot fetch model `{model}`: {reason}")]
+    FetchFailed { model: String, reason: String },
+
+    #[error(
+        "{path}: sha256 is {found}, expected {expected}; the file is damaged or not the pinned one"
+    )]
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: String,
+        found: String,
+    },
+
+    #[error(
+        "model `{name}` is not fetched yet (looked in {dir}): run `rlxf model fetch {name}` first \
+         (set RLXF_CACHE to the --cache-dir it used, if any)"
+    )]
+    NotFetched { name: String, dir: PathBuf },
 
     #[error("{path}: cannot load tokenizer: {message}")]
     TokenizerLoad { path: PathBuf, message: String },
@@ -104,11 +129,15 @@ impl ModelError {
     /// True when the error was caused by the user's input (exit code 2), false for runtime failures.
     pub fn is_bad_input(&self) -> bool {
         match self {
-            ModelError::Tensor(_) | ModelError::Io { .. } | ModelError::HubUnavailable { .. } => {
-                false
-            }
+            ModelError::Tensor(_)
+            | ModelError::Io { .. }
+            | ModelError::HubUnavailable { .. }
+            | ModelError::FetchFailed { .. }
+            | ModelError::ChecksumMismatch { .. } => false,
             ModelError::InvalidConfig { .. }
             | ModelError::UnknownModelType { .. }
+            | ModelError::InvalidGguf { .. }
+            | ModelError::NotFetched { .. }
             | ModelError::MissingWeights { .. }
             | ModelError::UnreadableWeights { .. }
             | ModelError::MissingTensor { .. }

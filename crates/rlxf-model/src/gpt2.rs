@@ -6,7 +6,7 @@
 use candle_core::{Tensor, D};
 use candle_nn::VarBuilder;
 
-use crate::config::{Gpt2Config, ModelConfig};
+use crate::config::{Activation, Gpt2Config};
 use crate::error::Result;
 use crate::transformer_blocks::{
     Affine, Block, Decoder, DecoderDims, Mlp, QkvProjection, SelfAttention, WeightLayout,
@@ -41,7 +41,7 @@ impl Gpt2 {
         let stdev = config.initializer_range;
         // HF's scaled init of the residual projections (GPT-2 paper): 2 residual paths per block.
         let residual_stdev = stdev / ((2 * config.n_layer) as f64).sqrt();
-        let activation = ModelConfig::Gpt2(config.clone()).activation();
+        let activation = Activation::of_validated(&config.activation_function);
         let head_dim = hidden / config.n_head;
         let dims = DecoderDims {
             vocab_size: config.vocab_size,

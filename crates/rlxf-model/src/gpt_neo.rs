@@ -7,7 +7,7 @@
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use crate::config::{AttentionKind, GptNeoConfig, ModelConfig};
+use crate::config::{Activation, AttentionKind, GptNeoConfig};
 use crate::error::Result;
 use crate::transformer_blocks::{
     Affine, Block, Decoder, DecoderDims, Mlp, QkvProjection, SelfAttention, WeightLayout,
@@ -45,7 +45,7 @@ impl GptNeo {
     pub fn new(config: &GptNeoConfig, vb: VarBuilder) -> Result<Self> {
         let hidden = config.hidden_size;
         let stdev = config.initializer_range;
-        let activation = ModelConfig::GptNeo(config.clone()).activation();
+        let activation = Activation::of_validated(&config.activation_function);
         let layer_kinds = config.attention_layers();
         let dims = DecoderDims {
             vocab_size: config.vocab_size,

@@ -7,13 +7,17 @@ pub mod causal_lm;
 pub mod chat;
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod generate;
+pub mod gguf_import;
 pub mod gpt2;
 pub mod gpt_neo;
+pub mod llama;
 pub mod loading;
 pub mod logprobs;
 pub mod sampling;
 pub mod scalar_head;
+pub mod sentence_encoder;
 pub mod tokenizer;
 mod transformer_blocks;
 pub mod weights;
@@ -22,16 +26,22 @@ pub mod weights;
 pub use candle_core::{DType, Device, Tensor};
 pub use causal_lm::{CausalLm, KvCache};
 pub use chat::{ChatTemplate, Role, Turn};
-pub use config::{AttentionKind, Gpt2Config, GptNeoConfig, ModelConfig, SUPPORTED_MODEL_TYPES};
+pub use config::{
+    AttentionKind, Gpt2Config, GptNeoConfig, LlamaConfig, ModelConfig, RopeParameters,
+    SUPPORTED_MODEL_TYPES,
+};
 pub use error::{ModelError, Result};
 pub use generate::{generate, generate_keyed, FinishReason, Generation, GenerationConfig};
+pub use gguf_import::{import_gguf, GgufImport};
 pub use gpt2::Gpt2;
 pub use gpt_neo::GptNeo;
+pub use llama::Llama;
 pub use loading::{build_model, load_pretrained, parameter_spec, DynCausalLm, LoadedModel};
 pub use logprobs::{
     continuation_logprobs, continuation_logprobs_vec, ContinuationBatch, ContinuationLogProbs,
     Padding,
 };
 pub use scalar_head::ScalarHead;
+pub use sentence_encoder::{cosine_similarity, SentenceEncoder};
 pub use tokenizer::{load_tokenizer, Tokenizer};
 pub use transformer_blocks::Decoder;

@@ -13,8 +13,10 @@ use candle_nn::{VarBuilder, VarMap};
 use crate::causal_lm::{CausalLm, KvCache};
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
+use crate::fetch;
 use crate::gpt2::Gpt2;
 use crate::gpt_neo::GptNeo;
+use crate::llama::Llama;
 use crate::scalar_head::ScalarHead;
 use crate::weights::{self, ParamSpec};
 
@@ -26,6 +28,7 @@ pub fn build_model(config: &ModelConfig, vb: VarBuilder) -> Result<DynCausalLm> 
     Ok(match config {
         ModelConfig::GptNeo(config) => Box::new(GptNeo::new(config, vb)?),
         ModelConfig::Gpt2(config) => Box::new(Gpt2::new(config, vb)?),
+        ModelConfig::Llama(config) => Box::new(Llama::new(config, vb)?),
     })
 }
 
@@ -55,7 +58,11 @@ impl LoadedModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let tensors = weights::add_transformer_prefix(tensors);
+        // GPT checkpoints sometimes omit the `transformer.` prefix; Llama's names are `model.*`.
+        let tensors = match config {
+            ModelConfig::Llama(_) => tensors,
+            _ => weights::add_transformer_prefix(tensors),
+        };
         let mut spec = parameter_spec(&config)?;
         let head_shape = [1, config.hidden_size()];
         if tensors
@@ -224,17 +231,28 @@ impl CausalLm for LoadedModel {
 
 /// Loads a model from a local directory or, when `source` is not one, from the Hugging Face hub
 /// (`EleutherAI/gpt-neo-125M`; needs network access, files are cached by `hf-hub`).
-/// Dispatches on `config.json`'s `model_type` (`gpt_neo`, `gpt2`).
+/// Dispatches on `config.json`'s `model_type` (`gpt_neo`, `gpt2`, `llama`).
 pub fn load_pretrained(source: &str, device: &Device, dtype: DType) -> Result<LoadedModel> {
     let dir = resolve_source(source)?;
     LoadedModel::load_dir(&dir, device, dtype)
 }
 
-/// A local directory for `source`: the path itself, or the hub snapshot holding its files.
+/// A local directory for `source`: the path itself, the cached copy of a registered model
+/// (`smollm2-135m-instruct`, see [`crate::fetch`]), or the hub snapshot holding its files.
 pub fn resolve_source(source: &str) -> Result<PathBuf> {
     let path = Path::new(source);
     if path.is_dir() {
         return Ok(path.to_path_buf());
+    }
+    if let Some(model) = fetch::registered_model(source) {
+        let dir = fetch::cached_model_dir(model, &fetch::default_cache_root()?);
+        if !dir.join(fetch::MANIFEST_FILE).is_file() {
+            return Err(ModelError::NotFetched {
+                name: model.name.to_string(),
+                dir,
+            });
+        }
+        return Ok(dir);
     }
     if !looks_like_hub_id(source) {
         return Err(ModelError::InvalidInput(format!(

@@ -108,6 +108,29 @@ impl ContinuationBatch {
     }
 }
 
+impl ContinuationBatch {
+    /// Flat index (`row * len + column`) of the hidden state predicting each continuation token,
+    /// `[batch * max_continuation]`: for reading a value head, or applying a custom transform of
+    /// the logits, at exactly the positions [`continuation_logprobs`] scores.
+    pub fn predictor_index(&self) -> &Tensor {
+        &self.predictor_index
+    }
+
+    /// The continuation tokens, left-aligned and zero-padded, `[batch * max_continuation, 1]`.
+    pub fn targets(&self) -> &Tensor {
+        &self.targets
+    }
+
+    /// `[batch, max_continuation]` f32, 1 where a continuation token exists.
+    pub fn continuation_mask(&self) -> &Tensor {
+        &self.continuation_mask
+    }
+
+    pub fn continuation_lengths(&self) -> &[usize] {
+        &self.continuation_lengths
+    }
+}
+
 /// Log-probabilities of every continuation token, left-aligned: `logprobs[i, j]` is
 /// `log p(continuation_i[j] | prompt_i, continuation_i[..j])`, 0 where `mask` is 0.
 pub struct ContinuationLogProbs {

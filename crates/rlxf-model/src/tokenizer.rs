@@ -284,7 +284,7 @@ fn gpt2_byte_chars() -> [char; 256] {
 /// tokenizer's ids must fit in it (a mismatched tokenizer would index past the embedding table).
 pub fn load_tokenizer(model_dir: &Path) -> Result<Tokenizer> {
     let config_path = model_dir.join("config.json");
-    let config = read_config(&config_path)?;
+    let config = read_json_file(&config_path)?;
     let tokenizer_path = model_dir.join("tokenizer.json");
     let tokenizer = if tokenizer_path.is_file() {
         let eos_id = config_token_id(config.as_ref(), &config_path, "eos_token_id")?;
@@ -334,7 +334,9 @@ pub fn check_fits_vocab(tokenizer: &Tokenizer, model_vocab: usize, model_dir: &P
     Ok(())
 }
 
-fn read_config(path: &Path) -> Result<Option<Value>> {
+/// The JSON of a model directory's file (`config.json`, `tokenizer_config.json`), `None` when the
+/// file does not exist.
+pub(crate) fn read_json_file(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
     }

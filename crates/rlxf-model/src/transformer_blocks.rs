@@ -196,41 +196,73 @@ impl<P: QkvProjection> SelfAttention<P> {
         mask: &Tensor,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
-        let (batch, seq, hidden) = x.dims3()?;
+        let (batch, seq, _) = x.dims3()?;
         let (query, key, value) = self.projections.qkv(x)?;
-        let split_heads = |t: Tensor| -> Result<Tensor> {
-            Ok(t.reshape((batch, seq, self.num_heads, self.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let (query, mut key, mut value) =
-            (split_heads(query)?, split_heads(key)?, split_heads(value)?);
-        if let Some((cache, layer)) = cache {
-            if let Some((past_key, past_value)) = cache.layer(layer) {
-                key = Tensor::cat(&[past_key, &key], 2)?;
-                value = Tensor::cat(&[past_value, &value], 2)?;
-            }
-            cache.set_layer(layer, key.clone(), value.clone());
-        }
-        // Like HF, compute scores and softmax in at least f32 even for half-precision weights.
-        let score_dtype = score_dtype(value.dtype());
-        let mut scores = query
-            .to_dtype(score_dtype)?
-            .matmul(&key.to_dtype(score_dtype)?.t()?)?;
-        if let Some(scale) = self.scale {
-            scores = (scores * scale)?;
-        }
-        let scores = scores.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(value.dtype())?;
-        let merged = probs
-            .matmul(&value)?
-            .transpose(1, 2)?
-            .reshape((batch, seq, hidden))?;
+        let split = |t: Tensor| split_heads(&t, batch, seq, self.num_heads, self.head_dim);
+        let (query, key, value) = (split(query)?, split(key)?, split(value)?);
+        let (key, value) = extend_cache(cache, key, value)?;
+        let merged = attend(&query, &key, &value, self.scale, mask)?;
         self.projections.output(&merged)
     }
 }
 
-fn score_dtype(dtype: DType) -> DType {
+/// `[batch, seq, heads * head_dim]` to `[batch, heads, seq, head_dim]`.
+pub(crate) fn split_heads(
+    x: &Tensor,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<Tensor> {
+    Ok(x.reshape((batch, seq, heads, head_dim))?
+        .transpose(1, 2)?
+        .contiguous()?)
+}
+
+/// Appends this step's keys and values (`[batch, kv_heads, seq, head_dim]`) to the layer's slot of
+/// the cache and returns the keys and values of every position so far.
+pub(crate) fn extend_cache(
+    cache: Option<(&mut KvCache, usize)>,
+    mut key: Tensor,
+    mut value: Tensor,
+) -> Result<(Tensor, Tensor)> {
+    if let Some((cache, layer)) = cache {
+        if let Some((past_key, past_value)) = cache.layer(layer) {
+            key = Tensor::cat(&[past_key, &key], 2)?;
+            value = Tensor::cat(&[past_value, &value], 2)?;
+        }
+        cache.set_layer(layer, key.clone(), value.clone());
+    }
+    Ok((key, value))
+}
+
+/// `softmax(q k^T * scale + mask) v` for `[batch, heads, seq, head_dim]` queries and keys/values
+/// of the same number of heads, with heads merged back: `[batch, seq, heads * head_dim]`.
+pub(crate) fn attend(
+    query: &Tensor,
+    key: &Tensor,
+    value: &Tensor,
+    scale: Option<f64>,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    let (batch, heads, seq, head_dim) = query.dims4()?;
+    // Like HF, compute scores and softmax in at least f32 even for half-precision weights.
+    let score_dtype = score_dtype(value.dtype());
+    let mut scores = query
+        .to_dtype(score_dtype)?
+        .matmul(&key.to_dtype(score_dtype)?.t()?)?;
+    if let Some(scale) = scale {
+        scores = (scores * scale)?;
+    }
+    let scores = scores.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(value.dtype())?;
+    Ok(probs
+        .matmul(value)?
+        .transpose(1, 2)?
+        .reshape((batch, seq, heads * head_dim))?)
+}
+
+pub(crate) fn score_dtype(dtype: DType) -> DType {
     match dtype {
         DType::F64 => DType::F64,
         _ => DType::F32,
@@ -286,54 +318,139 @@ pub(crate) struct DecoderDims {
 /// Key of a cached causal mask: query length, key length, window, dtype.
 type MaskKey = (usize, usize, Option<usize>, DType);
 
-/// A GPT-style decoder: `transformer.{wte, wpe, h.N, ln_f}` plus the tied LM head.
-/// [`crate::GptNeo`] and [`crate::Gpt2`] are this type with their attention projections.
-pub struct Decoder<P> {
-    wte: Tensor,
-    wpe: Tensor,
-    blocks: Vec<Block<P>>,
-    ln_f: LayerNorm,
-    hidden_size: usize,
+/// What every layer of a decoder needs for one forward call, derived from the input ids, the
+/// attention mask and the cache in the same way for every architecture.
+pub(crate) struct ForwardInputs {
+    /// Position ids of the new tokens, `[batch, seq]` `u32`: `cumsum(mask) - 1` with padding
+    /// clamped to 0 (HF `generate`), or `past..past + seq` without a mask.
+    pub positions: Tensor,
+    seq: usize,
+    total: usize,
+    dtype: DType,
+    /// Additive `[batch, 1, 1, past + seq]` mask of padded key slots.
+    padding_mask: Option<Tensor>,
+}
+
+/// Builds [`ForwardInputs`] and the per-layer attention masks, keeping causal masks by shape:
+/// generation asks for the same shapes every step.
+pub(crate) struct MaskBuilder {
     device: Device,
-    /// Causal (and sliding-window) masks by shape: generation asks for the same shapes every step.
     causal_masks: Mutex<HashMap<MaskKey, Tensor>>,
 }
 
-impl<P: QkvProjection> Decoder<P> {
-    /// `vb` is the model root; `build_block(layer, vb_of_layer)` builds `transformer.h.{layer}`.
-    pub(crate) fn build(
-        vb: VarBuilder,
-        dims: &DecoderDims,
-        num_layers: usize,
-        mut build_block: impl FnMut(usize, VarBuilder) -> Result<Block<P>>,
-    ) -> Result<Self> {
-        let vb = vb.pp("transformer");
-        let embedding_init = Init::Randn {
-            mean: 0.0,
-            stdev: dims.initializer_range,
-        };
-        let wte = vb.get_with_hints(
-            (dims.vocab_size, dims.hidden_size),
-            "wte.weight",
-            embedding_init,
-        )?;
-        let wpe = vb.get_with_hints(
-            (dims.max_positions, dims.hidden_size),
-            "wpe.weight",
-            embedding_init,
-        )?;
-        let blocks = (0..num_layers)
-            .map(|layer| build_block(layer, vb.pp(format!("h.{layer}"))))
-            .collect::<Result<Vec<_>>>()?;
-        let ln_f = LayerNorm::new(dims.hidden_size, dims.layer_norm_epsilon, vb.pp("ln_f"))?;
-        Ok(Self {
-            device: wte.device().clone(),
-            wte,
-            wpe,
-            blocks,
-            ln_f,
-            hidden_size: dims.hidden_size,
+impl MaskBuilder {
+    pub(crate) fn new(device: &Device) -> Self {
+        Self {
+            device: device.clone(),
             causal_masks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks the inputs against the model (`num_layers`, `max_positions`) and derives positions
+    /// and the padding mask; `model_dtype` is the dtype of the hidden states.
+    pub(crate) fn forward_inputs(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        cache: Option<&KvCache>,
+        num_layers: usize,
+        max_positions: usize,
+        model_dtype: DType,
+    ) -> Result<ForwardInputs> {
+        let (batch, seq) = input_ids.dims2()?;
+        let past = cache.map_or(0, KvCache::seq_len);
+        let total = past + seq;
+        if total > max_positions {
+            return Err(ModelError::SequenceTooLong {
+                length: total,
+                max_positions,
+            });
+        }
+        if let Some(cache) = cache {
+            if cache.num_layers() != num_layers {
+                return Err(ModelError::InvalidInput(format!(
+                    "KV cache has {} layers, the model {num_layers}",
+                    cache.num_layers(),
+                )));
+            }
+        }
+        let padding = match attention_mask {
+            Some(mask) => {
+                if mask.dims() != [batch, total] {
+                    return Err(ModelError::InvalidInput(format!(
+                        "attention mask has shape {:?}, expected [batch, past + seq] = [{batch}, {total}]",
+                        mask.dims()
+                    )));
+                }
+                Some(mask.to_dtype(DType::U32)?.to_vec2::<u32>()?)
+            }
+            None => None,
+        };
+        let dtype = score_dtype(model_dtype);
+        let padding_mask = match &padding {
+            Some(rows) => {
+                let values: Vec<f32> = rows
+                    .iter()
+                    .flatten()
+                    .map(|&real| if real != 0 { 0.0 } else { MASKED_SCORE })
+                    .collect();
+                Some(
+                    Tensor::from_vec(values, (batch, 1, 1, total), &self.device)?
+                        .to_dtype(dtype)?,
+                )
+            }
+            None => None,
+        };
+        Ok(ForwardInputs {
+            positions: self.positions(batch, seq, past, padding.as_deref())?,
+            seq,
+            total,
+            dtype,
+            padding_mask,
+        })
+    }
+
+    fn positions(
+        &self,
+        batch: usize,
+        seq: usize,
+        past: usize,
+        padding: Option<&[Vec<u32>]>,
+    ) -> Result<Tensor> {
+        let positions: Vec<u32> = match padding {
+            Some(rows) => rows
+                .iter()
+                .flat_map(|row| {
+                    let mut seen = 0u32;
+                    let cumulative: Vec<u32> = row
+                        .iter()
+                        .map(|&real| {
+                            seen += u32::from(real != 0);
+                            seen.saturating_sub(1)
+                        })
+                        .collect();
+                    cumulative.into_iter().skip(past)
+                })
+                .collect(),
+            None => (0..batch)
+                .flat_map(|_| (past..past + seq).map(|p| p as u32))
+                .collect(),
+        };
+        Ok(Tensor::from_vec(positions, (batch, seq), &self.device)?)
+    }
+
+    /// The additive mask of a layer attending over `window` (`None`: every earlier position):
+    /// causal, sliding-window and padding masks combined.
+    pub(crate) fn layer_mask(
+        &self,
+        inputs: &ForwardInputs,
+        window: Option<usize>,
+    ) -> Result<Tensor> {
+        let causal = self.causal_mask(inputs.seq, inputs.total, window, inputs.dtype)?;
+        // The minimum, not the sum: two masked values added would overflow to -inf.
+        Ok(match &inputs.padding_mask {
+            Some(padding_mask) => causal.broadcast_minimum(padding_mask)?,
+            None => causal,
         })
     }
 
@@ -371,42 +488,63 @@ impl<P: QkvProjection> Decoder<P> {
         masks.insert(key, mask.clone());
         Ok(mask)
     }
+}
 
-    /// Positions for the new tokens, `cumsum(mask) - 1` with padding clamped to 0 (HF `generate`),
-    /// or `past..past + seq` without a mask.
-    fn positions(
-        &self,
-        batch: usize,
-        seq: usize,
-        past: usize,
-        padding: Option<&[Vec<u32>]>,
-    ) -> Result<Tensor> {
-        let positions: Vec<u32> = match padding {
-            Some(rows) => rows
-                .iter()
-                .flat_map(|row| {
-                    let mut seen = 0u32;
-                    let cumulative: Vec<u32> = row
-                        .iter()
-                        .map(|&real| {
-                            seen += u32::from(real != 0);
-                            seen.saturating_sub(1)
-                        })
-                        .collect();
-                    cumulative.into_iter().skip(past)
-                })
-                .collect(),
-            None => (0..batch)
-                .flat_map(|_| (past..past + seq).map(|p| p as u32))
-                .collect(),
+/// Rows of `table` for `ids`: `[batch, seq]` ids to `[batch, seq, width]`.
+pub(crate) fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (batch, seq) = ids.dims2()?;
+    let rows = table.index_select(&ids.flatten_all()?, 0)?;
+    Ok(rows.reshape((batch, seq, table.dim(1)?))?)
+}
+
+/// A GPT-style decoder: `transformer.{wte, wpe, h.N, ln_f}` plus the tied LM head.
+/// [`crate::GptNeo`] and [`crate::Gpt2`] are this type with their attention projections.
+pub struct Decoder<P> {
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block<P>>,
+    ln_f: LayerNorm,
+    hidden_size: usize,
+    device: Device,
+    masks: MaskBuilder,
+}
+
+impl<P: QkvProjection> Decoder<P> {
+    /// `vb` is the model root; `build_block(layer, vb_of_layer)` builds `transformer.h.{layer}`.
+    pub(crate) fn build(
+        vb: VarBuilder,
+        dims: &DecoderDims,
+        num_layers: usize,
+        mut build_block: impl FnMut(usize, VarBuilder) -> Result<Block<P>>,
+    ) -> Result<Self> {
+        let vb = vb.pp("transformer");
+        let embedding_init = Init::Randn {
+            mean: 0.0,
+            stdev: dims.initializer_range,
         };
-        Ok(Tensor::from_vec(positions, (batch, seq), &self.device)?)
-    }
-
-    fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-        let (batch, seq) = ids.dims2()?;
-        let rows = table.index_select(&ids.flatten_all()?, 0)?;
-        Ok(rows.reshape((batch, seq, table.dim(1)?))?)
+        let wte = vb.get_with_hints(
+            (dims.vocab_size, dims.hidden_size),
+            "wte.weight",
+            embedding_init,
+        )?;
+        let wpe = vb.get_with_hints(
+            (dims.max_positions, dims.hidden_size),
+            "wpe.weight",
+            embedding_init,
+        )?;
+        let blocks = (0..num_layers)
+            .map(|layer| build_block(layer, vb.pp(format!("h.{layer}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = LayerNorm::new(dims.hidden_size, dims.layer_norm_epsilon, vb.pp("ln_f"))?;
+        Ok(Self {
+            device: wte.device().clone(),
+            masks: MaskBuilder::new(wte.device()),
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            hidden_size: dims.hidden_size,
+        })
     }
 
     fn run(
@@ -415,69 +553,21 @@ impl<P: QkvProjection> Decoder<P> {
         attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let (batch, seq) = input_ids.dims2()?;
-        let past = cache.as_ref().map_or(0, |cache| cache.seq_len());
-        let total = past + seq;
-        let max_positions = self.wpe.dim(0)?;
-        if total > max_positions {
-            return Err(ModelError::SequenceTooLong {
-                length: total,
-                max_positions,
-            });
-        }
-        if let Some(cache) = &cache {
-            if cache.num_layers() != self.blocks.len() {
-                return Err(ModelError::InvalidInput(format!(
-                    "KV cache has {} layers, the model {}",
-                    cache.num_layers(),
-                    self.blocks.len()
-                )));
-            }
-        }
-        let padding = match attention_mask {
-            Some(mask) => {
-                if mask.dims() != [batch, total] {
-                    return Err(ModelError::InvalidInput(format!(
-                        "attention mask has shape {:?}, expected [batch, past + seq] = [{batch}, {total}]",
-                        mask.dims()
-                    )));
-                }
-                Some(mask.to_dtype(DType::U32)?.to_vec2::<u32>()?)
-            }
-            None => None,
-        };
-        let positions = self.positions(batch, seq, past, padding.as_deref())?;
-        let mut hidden =
-            (Self::embed(&self.wte, input_ids)? + Self::embed(&self.wpe, &positions)?)?;
-
-        let dtype = score_dtype(hidden.dtype());
-        let padding_mask = match &padding {
-            Some(rows) => {
-                let values: Vec<f32> = rows
-                    .iter()
-                    .flatten()
-                    .map(|&real| if real != 0 { 0.0 } else { MASKED_SCORE })
-                    .collect();
-                Some(
-                    Tensor::from_vec(values, (batch, 1, 1, total), &self.device)?
-                        .to_dtype(dtype)?,
-                )
-            }
-            None => None,
-        };
+        let inputs = self.masks.forward_inputs(
+            input_ids,
+            attention_mask,
+            cache.as_deref(),
+            self.blocks.len(),
+            self.wpe.dim(0)?,
+            self.wte.dtype(),
+        )?;
+        let mut hidden = (embed(&self.wte, input_ids)? + embed(&self.wpe, &inputs.positions)?)?;
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
         for (layer, block) in self.blocks.iter().enumerate() {
             let window = block.attn.window;
             let mask = match masks.entry(window) {
                 Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => {
-                    let causal = self.causal_mask(seq, total, window, dtype)?;
-                    // The minimum, not the sum: two masked values added would overflow to -inf.
-                    entry.insert(match &padding_mask {
-                        Some(padding_mask) => causal.broadcast_minimum(padding_mask)?,
-                        None => causal,
-                    })
-                }
+                Entry::Vacant(entry) => entry.insert(self.masks.layer_mask(&inputs, window)?),
             };
             let layer_cache = cache.as_deref_mut().map(|cache| (cache, layer));
             hidden = block.forward(&hidden, mask, layer_cache)?;

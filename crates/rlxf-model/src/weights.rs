@@ -231,7 +231,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Renames a finished temporary file into place with ordinary file permissions (temporary files
 /// are created owner-only).
-fn persist(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+pub(crate) fn persist(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     let io_error = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
@@ -240,9 +240,9 @@ fn persist(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         let permissions = std::fs::Permissions::from_mode(0o644);
-        temp.as_file()
-            .set_permissions(permissions)
-            .map_err(io_error)?;
+        // By path, not through the open handle: a writer that replaced the file at the temporary
+        // path (candle's safetensors::save does) left the handle on the old inode.
+        std::fs::set_permissions(temp.path(), permissions).map_err(io_error)?;
     }
     temp.persist(path).map_err(|err| io_error(err.error))?;
     Ok(())

@@ -1,4 +1,4 @@
-//! Generation on tiny random GPT-Neo and GPT-2 models: the KV cache (including GPT-Neo's sliding
+//! Generation on tiny random GPT-Neo, GPT-2 and Llama (grouped-query attention) models: the KV cache (including GPT-Neo's sliding
 //! window, 16 tokens in the tiny config, which these sequences outgrow) against recomputing the whole
 //! sequence, left-padded batches against single rows, and the returned log-probs against the
 //! separately written `continuation_logprobs`.
@@ -6,7 +6,7 @@
 use candle_core::{DType, Device, IndexOp, Tensor};
 use rlxf_model::{
     continuation_logprobs_vec, generate, generate_keyed, CausalLm, FinishReason, GenerationConfig,
-    Gpt2Config, GptNeoConfig, LoadedModel, ModelConfig, Padding, Tokenizer,
+    Gpt2Config, GptNeoConfig, LlamaConfig, LoadedModel, ModelConfig, Padding, Tokenizer,
 };
 
 fn tiny_models() -> Vec<(&'static str, LoadedModel)> {
@@ -26,6 +26,16 @@ fn tiny_models() -> Vec<(&'static str, LoadedModel)> {
             "gpt2",
             LoadedModel::init_random(
                 ModelConfig::Gpt2(Gpt2Config::tiny()),
+                3,
+                &device,
+                DType::F32,
+            )
+            .unwrap(),
+        ),
+        (
+            "llama",
+            LoadedModel::init_random(
+                ModelConfig::Llama(LlamaConfig::tiny()),
                 3,
                 &device,
                 DType::F32,

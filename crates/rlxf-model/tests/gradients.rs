@@ -1,13 +1,17 @@
 //! Gradients flow through every part of the model: backprop through a sequence log-prob loss on a
 //! left-padded batch matches central finite differences (f64) for a layer-norm weight, attention
-//! weights of global and local layers, an MLP bias and the embeddings.
+//! weights of global and local layers, an MLP bias and the embeddings; for Llama, the RMSNorm
+//! scales, every projection under grouped-query attention and rotary embeddings, and both head kinds.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rlxf_model::{continuation_logprobs, ContinuationBatch, LoadedModel, Padding};
 
-use common::{random_model, small_gpt2_config, small_neo_config};
+use common::{
+    random_model, small_gpt2_config, small_llama_config, small_neo_config,
+    small_untied_llama_config,
+};
 
 fn loss(model: &LoadedModel, batch: &ContinuationBatch) -> Tensor {
     let logprobs = continuation_logprobs(model, batch).unwrap();
@@ -100,6 +104,42 @@ fn gpt2_gradients_match_finite_differences() {
             ("transformer.h.0.attn.c_proj.weight", 33),
             ("transformer.h.1.mlp.c_proj.weight", 101),
             ("transformer.wte.weight", 30 * 16 + 11),
+        ],
+    );
+}
+
+#[test]
+fn llama_gradients_match_finite_differences() {
+    let model = random_model(small_llama_config(), 23, DType::F64);
+    check_gradients(
+        &model,
+        &[
+            ("model.layers.0.input_layernorm.weight", 3),
+            ("model.layers.0.self_attn.q_proj.weight", 5 * 16 + 9),
+            // Key/value heads are shared by two query heads each (grouped-query attention).
+            ("model.layers.1.self_attn.k_proj.weight", 7 * 16 + 2),
+            ("model.layers.1.self_attn.v_proj.weight", 3 * 16 + 11),
+            ("model.layers.1.self_attn.o_proj.weight", 40),
+            ("model.layers.0.mlp.gate_proj.weight", 101),
+            ("model.layers.1.mlp.up_proj.weight", 57),
+            ("model.layers.1.mlp.down_proj.weight", 77),
+            ("model.layers.1.post_attention_layernorm.weight", 6),
+            ("model.norm.weight", 12),
+            // Tied head: token 9's row is both an input embedding and an output.
+            ("model.embed_tokens.weight", 9 * 16 + 4),
+        ],
+    );
+}
+
+#[test]
+fn untied_llama_head_and_biases_get_gradients() {
+    let model = random_model(small_untied_llama_config(), 24, DType::F64);
+    check_gradients(
+        &model,
+        &[
+            ("lm_head.weight", 8 * 16 + 3),
+            ("model.layers.0.self_attn.q_proj.bias", 5),
+            ("model.layers.1.mlp.down_proj.bias", 2),
         ],
     );
 }

@@ -1,6 +1,8 @@
 //! Logits parity with `transformers` on fixtures written by
 //! `tests/reference/make_parity_fixtures.py` (tiny random GPT-Neo with global and local layers,
-//! tiny random GPT-2; one plain sequence and one left-padded batch).
+//! tiny random GPT-2; one plain sequence and one left-padded batch), and on the Llama fixtures of
+//! `tests/reference/make_llama_fixtures.py` (grouped-query attention with a tied head; one key/value
+//! head per query head with an untied head, projection biases and a wide head_dim).
 
 mod common;
 
@@ -77,6 +79,16 @@ fn gpt_neo_from_pytorch_bin_matches_transformers() {
 #[test]
 fn gpt2_matches_transformers() {
     check_parity("tiny-gpt2", "tiny-gpt2");
+}
+
+#[test]
+fn llama_with_grouped_query_attention_matches_transformers() {
+    check_parity("tiny-llama", "tiny-llama");
+}
+
+#[test]
+fn llama_untied_with_biases_matches_transformers() {
+    check_parity("tiny-llama-untied", "tiny-llama-untied");
 }
 
 #[test]

@@ -6,13 +6,21 @@ mod common;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use rlxf_model::{CausalLm, ModelConfig};
 
-use common::{ids, max_abs_diff, random_model, small_gpt2_config, small_neo_config};
+use common::{
+    ids, max_abs_diff, random_model, small_gpt2_config, small_llama_config, small_neo_config,
+    small_untied_llama_config,
+};
 
 const TOLERANCE: f32 = 1e-4;
 const TOKENS: [u32; 10] = [3, 41, 7, 88, 19, 5, 60, 2, 33, 71];
 
-fn configs() -> [ModelConfig; 2] {
-    [small_neo_config(), small_gpt2_config()]
+fn configs() -> [ModelConfig; 4] {
+    [
+        small_neo_config(),
+        small_gpt2_config(),
+        small_llama_config(),
+        small_untied_llama_config(),
+    ]
 }
 
 #[test]

@@ -11,7 +11,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use rlxf_model::{load_pretrained, CausalLm, LoadedModel, ModelConfig, ModelError};
 
-use common::{ids, max_abs_diff, random_model, small_gpt2_config, small_neo_config};
+use common::{
+    ids, max_abs_diff, random_model, small_gpt2_config, small_llama_config, small_neo_config,
+    small_untied_llama_config,
+};
 
 const TOKENS: [u32; 9] = [12, 7, 90, 3, 3, 41, 8, 66, 20];
 
@@ -36,6 +39,8 @@ fn saved_models_reload_with_identical_logits() {
     for (name, config) in [
         ("gpt-neo", small_neo_config()),
         ("gpt2", small_gpt2_config()),
+        ("llama", small_llama_config()),
+        ("llama-untied", small_untied_llama_config()),
     ] {
         let model = random_model(config, 5, DType::F32);
         let dir = output_dir(&temp, name);
@@ -208,10 +213,10 @@ fn broken_checkpoints_give_clear_errors() {
     // Unknown model type, invalid field, missing config.
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).unwrap();
-    std::fs::write(&config_path, text.replace("\"gpt2\"", "\"llama\"")).unwrap();
+    std::fs::write(&config_path, text.replace("\"gpt2\"", "\"mamba\"")).unwrap();
     expect_bad_input(
         load(&dir).err().unwrap(),
-        &["llama", "gpt_neo, gpt2", "config.json"],
+        &["mamba", "gpt_neo, gpt2, llama", "config.json"],
     );
     std::fs::write(
         &config_path,
@@ -225,7 +230,11 @@ fn broken_checkpoints_give_clear_errors() {
 
 #[test]
 fn sequences_longer_than_the_position_table_are_rejected() {
-    for config in [small_neo_config(), small_gpt2_config()] {
+    for config in [
+        small_neo_config(),
+        small_gpt2_config(),
+        small_llama_config(),
+    ] {
         let model = random_model(config, 8, DType::F32);
         let long: Vec<u32> = (0..33).collect();
         expect_bad_input(

@@ -17,12 +17,12 @@ use rlxf_model::LoadedModel;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::optim::AdamW;
+use crate::optim::{AdamW, NamedParam};
 
 pub const CHECKPOINTS_DIR: &str = "checkpoints";
 const STATE_FILE: &str = "trainer_state.json";
-const OPTIMIZER_FILE: &str = "optimizer.safetensors";
-const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const MODEL_FILE: &str = "model.safetensors";
 const PREFIX: &str = "step-";
 
 /// Where the data loader stands: the next batch starts at `index` of epoch `epoch`'s permutation.
@@ -63,6 +63,20 @@ pub fn save_checkpoint(
     state: &TrainerState,
     keep: usize,
 ) -> Result<PathBuf> {
+    save_checkpoint_with(run_dir, model, optimizer, state, keep, &|_| Ok(()))
+}
+
+/// [`save_checkpoint`] plus the files an algorithm adds (a value head, its own state):
+/// `write_extra` writes them into the checkpoint's temporary directory before the rename, so they
+/// appear together with the rest or not at all.
+pub fn save_checkpoint_with(
+    run_dir: &Path,
+    model: &LoadedModel,
+    optimizer: &AdamW,
+    state: &TrainerState,
+    keep: usize,
+    write_extra: &dyn Fn(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(&parent).map_err(|err| TrainError::io(&parent, err))?;
     let temp = tempfile::Builder::new()
@@ -73,6 +87,7 @@ pub fn save_checkpoint(
     optimizer.save(&temp.path().join(OPTIMIZER_FILE))?;
     let state_json = serde_json::to_string_pretty(state).expect("trainer state serialises");
     write_atomic(&temp.path().join(STATE_FILE), state_json.as_bytes())?;
+    write_extra(temp.path())?;
 
     let target = parent.join(format!("{PREFIX}{:08}", state.step));
     if target.exists() {
@@ -135,13 +150,20 @@ pub fn restore(
     optimizer: &mut AdamW,
 ) -> Result<TrainerState> {
     let state = read_state(checkpoint)?;
-    let weights_path = checkpoint.join(MODEL_FILE);
-    let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu)?;
+    let params: Vec<NamedParam> = optimizer.params().cloned().collect();
+    restore_params(&checkpoint.join(MODEL_FILE), &params, model.model.device())?;
+    optimizer.load(&checkpoint.join(OPTIMIZER_FILE))?;
+    Ok(state)
+}
+
+/// Sets every parameter of `params` from the safetensors file `weights_path`, which must hold
+/// exactly those tensors with their shapes.
+pub fn restore_params(weights_path: &Path, params: &[NamedParam], device: &Device) -> Result<()> {
+    let weights = candle_core::safetensors::load(weights_path, &Device::Cpu)?;
     let mismatch = |reason: String| TrainError::Checkpoint {
-        path: weights_path.clone(),
+        path: weights_path.to_path_buf(),
         reason,
     };
-    let params: Vec<_> = optimizer.params().cloned().collect();
     if weights.len() != params.len() {
         return Err(mismatch(format!(
             "holds {} tensors, the model has {} parameters",
@@ -149,7 +171,7 @@ pub fn restore(
             params.len()
         )));
     }
-    for param in &params {
+    for param in params {
         let tensor = weights
             .get(&param.name)
             .ok_or_else(|| mismatch(format!("no tensor `{}`", param.name)))?;
@@ -161,14 +183,11 @@ pub fn restore(
                 param.var.dims()
             )));
         }
-        param.var.set(
-            &tensor
-                .to_dtype(param.var.dtype())?
-                .to_device(model.model.device())?,
-        )?;
+        param
+            .var
+            .set(&tensor.to_dtype(param.var.dtype())?.to_device(device)?)?;
     }
-    optimizer.load(&checkpoint.join(OPTIMIZER_FILE))?;
-    Ok(state)
+    Ok(())
 }
 
 /// Writes a file through a temporary file in the same directory and a rename.

@@ -60,6 +60,13 @@ pub enum TrainError {
 
     #[error("{0}")]
     InvalidInput(String),
+
+    /// A reward source outside this crate (an AI labeler, say) failed at run time.
+    #[error("reward source {source_name}: {message}")]
+    Reward {
+        source_name: String,
+        message: String,
+    },
 }
 
 impl TrainError {
@@ -79,9 +86,10 @@ impl TrainError {
             | TrainError::InvalidRecord { .. }
             | TrainError::Checkpoint { .. }
             | TrainError::InvalidInput(_) => true,
-            TrainError::Candle(_) | TrainError::Io { .. } | TrainError::NonFiniteLoss { .. } => {
-                false
-            }
+            TrainError::Candle(_)
+            | TrainError::Io { .. }
+            | TrainError::NonFiniteLoss { .. }
+            | TrainError::Reward { .. } => false,
         }
     }
 }

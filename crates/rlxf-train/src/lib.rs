@@ -5,6 +5,8 @@
 //!   with label smoothing), SFT cross-entropy.
 //! - [`trainer`]: the loop (seeded shuffling, gradient accumulation, evaluation, checkpoints,
 //!   `metrics.jsonl`, bit-identical resume) that [`sft`], [`reward`] and [`dpo`] plug into.
+//! - [`rl`]: online RL (PPO, A2C, RLOO) on rollouts from the policy, rewarded by a reward model,
+//!   a synthetic reward or (through the CLI) the AI labeler, with a KL leash to the reference.
 //! - [`seed_replication`]: the seed study's two SFT arms (chosen / rejected) as one preset.
 
 pub mod checkpoint;
@@ -15,6 +17,7 @@ pub mod losses;
 pub mod metrics;
 pub mod optim;
 pub mod reward;
+pub mod rl;
 pub mod schedule;
 pub mod seed_replication;
 pub mod setup;

@@ -7,7 +7,8 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use rlxf_data::{load_pairs, shuffle_cap_split, LoadOptions, PreferencePair, Source, SplitRatios};
 use rlxf_model::{
-    load_tokenizer, ChatTemplate, Gpt2Config, GptNeoConfig, LoadedModel, ModelConfig, Tokenizer,
+    load_tokenizer, ChatTemplate, Gpt2Config, GptNeoConfig, LlamaConfig, LoadedModel, ModelConfig,
+    Tokenizer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -15,11 +16,12 @@ use crate::error::{Result, TrainError};
 
 /// Model sources that build a freshly initialised model instead of loading one, with the GPT-2
 /// tokenizer: for tests, smoke runs, and from-scratch baselines.
-pub const RANDOM_MODELS: [&str; 4] = [
+pub const RANDOM_MODELS: [&str; 5] = [
     "random:gpt-neo-tiny",
     "random:gpt-neo-125m",
     "random:gpt2-tiny",
     "random:gpt2-124m",
+    "random:llama-tiny",
 ];
 
 /// A model, its tokenizer and its dialogue template.
@@ -39,6 +41,7 @@ pub fn load_model(source: &str, seed: u64) -> Result<ModelBundle> {
             "gpt-neo-125m" => ModelConfig::GptNeo(GptNeoConfig::gpt_neo_125m()),
             "gpt2-tiny" => ModelConfig::Gpt2(Gpt2Config::tiny()),
             "gpt2-124m" => ModelConfig::Gpt2(Gpt2Config::gpt2_124m()),
+            "llama-tiny" => ModelConfig::Llama(LlamaConfig::tiny()),
             _ => {
                 return Err(TrainError::InvalidInput(format!(
                     "unknown random model `{source}`; choose one of {}",
@@ -221,8 +224,10 @@ pub fn encode_pair(
     lengths: Lengths,
     label: f64,
 ) -> Result<EncodedPair> {
-    let [chosen, rejected] = [&pair.chosen, &pair.rejected]
-        .map(|reply| bundle.template.completion_ids(&bundle.tokenizer, reply));
+    let [chosen, rejected] = [&pair.chosen, &pair.rejected].map(|reply| {
+        let reply = bundle.template.render_hh_reply(reply);
+        bundle.template.completion_ids(&bundle.tokenizer, reply)
+    });
     let (prompt, replies) = encode_truncated(
         bundle,
         &pair.prompt,
@@ -240,13 +245,15 @@ pub fn encode_pair(
     })
 }
 
-/// Tokenizes a prompt and one reply (EOS appended) and truncates them to `lengths`.
+/// Tokenizes an HH-format prompt and one reply (end of turn appended) in the model's dialogue
+/// template and truncates them to `lengths`.
 pub fn encode_reply(
     bundle: &ModelBundle,
     prompt: &str,
     reply: &str,
     lengths: Lengths,
 ) -> Result<(Vec<u32>, Vec<u32>)> {
+    let reply = bundle.template.render_hh_reply(reply);
     let reply = bundle.template.completion_ids(&bundle.tokenizer, reply)?;
     let (prompt, mut replies) = encode_truncated(bundle, prompt, "(prompt)", vec![reply], lengths)?;
     Ok((prompt, replies.remove(0)))
@@ -261,7 +268,9 @@ fn encode_truncated(
     mut replies: Vec<Vec<u32>>,
     lengths: Lengths,
 ) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
-    let mut prompt = bundle.tokenizer.encode(prompt)?;
+    // Pairs are stored in the HH format; a ChatML model sees the same turns in ChatML.
+    let prompt = bundle.template.render_hh_prompt(prompt)?;
+    let mut prompt = bundle.tokenizer.encode(&prompt)?;
     if prompt.is_empty() {
         return Err(TrainError::InvalidRecord {
             origin: "training data".into(),

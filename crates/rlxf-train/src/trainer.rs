@@ -204,17 +204,18 @@ pub struct TrainSummary {
     pub model_dir: Option<PathBuf>,
 }
 
-/// The seeded, epoch-wise shuffled order of the training examples.
-struct Loader {
+/// The seeded, epoch-wise shuffled order of the training examples (the online-RL loop draws its
+/// prompts through it too).
+pub(crate) struct Loader {
     examples: usize,
     seed: u64,
-    position: LoaderPosition,
+    pub(crate) position: LoaderPosition,
     permutation: Vec<usize>,
-    rng: RngState,
+    pub(crate) rng: RngState,
 }
 
 impl Loader {
-    fn new(examples: usize, seed: u64, position: LoaderPosition) -> Self {
+    pub(crate) fn new(examples: usize, seed: u64, position: LoaderPosition) -> Self {
         let mut loader = Self {
             examples,
             seed,
@@ -244,7 +245,7 @@ impl Loader {
         };
     }
 
-    fn next_batch(&mut self, batch_size: usize) -> Vec<usize> {
+    pub(crate) fn next_batch(&mut self, batch_size: usize) -> Vec<usize> {
         if self.position.index >= self.examples {
             self.position = LoaderPosition {
                 epoch: self.position.epoch + 1,
@@ -442,7 +443,7 @@ pub fn train(
     })
 }
 
-fn non_finite(step: u64, value: f64, last_checkpoint: Option<PathBuf>) -> TrainError {
+pub(crate) fn non_finite(step: u64, value: f64, last_checkpoint: Option<PathBuf>) -> TrainError {
     TrainError::NonFiniteLoss {
         step,
         value,
@@ -450,7 +451,7 @@ fn non_finite(step: u64, value: f64, last_checkpoint: Option<PathBuf>) -> TrainE
     }
 }
 
-fn json_number(value: f64) -> Value {
+pub(crate) fn json_number(value: f64) -> Value {
     serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number)
 }
 
@@ -463,7 +464,7 @@ fn add_metrics(sums: &mut Vec<(&'static str, f64)>, more: &[(&'static str, f64)]
     }
 }
 
-fn add_gradients(
+pub(crate) fn add_gradients(
     sum: Vec<Option<Tensor>>,
     more: Vec<Option<Tensor>>,
 ) -> Result<Vec<Option<Tensor>>> {

@@ -79,6 +79,12 @@ enum WorkloadKind {
     /// A step of `rlxf train dpo`: chosen and rejected rows, cached reference log-probs.
     Dpo,
     Generate,
+    /// RL rollout: sample `NEW_TOKENS` tokens per prompt at temperature 0.9, then score them under
+    /// the policy (log-probs, entropy, values) and the frozen reference.
+    Rollout,
+    /// A whole `rlxf train ppo` step: rollout, reward, GAE, 4 epochs of clipped policy + value
+    /// updates (TRL's defaults).
+    Ppo,
 }
 
 impl WorkloadKind {
@@ -88,6 +94,8 @@ impl WorkloadKind {
             WorkloadKind::Sft => "sft",
             WorkloadKind::Dpo => "dpo",
             WorkloadKind::Generate => "generate",
+            WorkloadKind::Rollout => "rollout",
+            WorkloadKind::Ppo => "ppo",
         }
     }
 }
@@ -129,6 +137,9 @@ struct BenchResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     precision: Option<String>,
     tokens_per_s: f64,
+    /// Wall time of one step (training-like and RL workloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seconds_per_step: Option<f64>,
     peak_rss_mb: f64,
 }
 
@@ -143,6 +154,12 @@ impl BenchResult {
                 self.precision.as_deref().unwrap_or("f32")
             ),
             WorkloadKind::Generate => format!("generate batch {}", self.batch),
+            WorkloadKind::Rollout | WorkloadKind::Ppo => format!(
+                "{} {}x{}+{NEW_TOKENS}",
+                self.workload.name(),
+                self.batch,
+                self.seq.unwrap_or(0)
+            ),
         }
     }
 }
@@ -153,6 +170,7 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
             WorkloadKind::Train => bench_train(&args)?,
             WorkloadKind::Sft | WorkloadKind::Dpo => bench_objective(&args, workload)?,
             WorkloadKind::Generate => bench_generate(&args)?,
+            WorkloadKind::Rollout | WorkloadKind::Ppo => bench_rl(&args, workload)?,
         };
         println!("{}", serde_json::to_string(&result)?);
         return Ok(());
@@ -191,8 +209,8 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Training-like steps at 4x128 and 4x256 tokens (the raw step, SFT, DPO) and greedy generation
-/// at batch 1 and 8; `only` keeps one kind.
+/// Training-like steps at 4x128 and 4x256 tokens (the raw step, SFT, DPO), greedy generation
+/// at batch 1 and 8, and an RL rollout and PPO step on 4 prompts; `only` keeps one kind.
 fn workloads(only: Option<WorkloadKind>) -> Vec<(WorkloadKind, usize, usize)> {
     let mut list = Vec::new();
     for kind in [WorkloadKind::Train, WorkloadKind::Sft, WorkloadKind::Dpo] {
@@ -205,6 +223,11 @@ fn workloads(only: Option<WorkloadKind>) -> Vec<(WorkloadKind, usize, usize)> {
             (WorkloadKind::Generate, 1, PROMPT_LEN),
             (WorkloadKind::Generate, 8, PROMPT_LEN),
         ]);
+    }
+    for kind in [WorkloadKind::Rollout, WorkloadKind::Ppo] {
+        if only.is_none_or(|only| only == kind) {
+            list.push((kind, 4, PROMPT_LEN));
+        }
     }
     list
 }
@@ -371,6 +394,7 @@ fn bench_train(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         seq: Some(args.seq),
         precision: Some("f32".into()),
         tokens_per_s: (args.batch * args.seq) as f64 / seconds,
+        seconds_per_step: Some(seconds),
         peak_rss_mb: peak_rss_mb()?,
     })
 }
@@ -444,6 +468,7 @@ fn bench_objective(args: &BenchArgs, workload: WorkloadKind) -> anyhow::Result<B
         seq: Some(args.seq),
         precision: Some("f32".into()),
         tokens_per_s: tokens as f64 / seconds,
+        seconds_per_step: Some(seconds),
         peak_rss_mb: peak_rss_mb()?,
     })
 }
@@ -478,6 +503,123 @@ fn bench_generate(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         seq: None,
         precision: None,
         tokens_per_s: (args.batch * NEW_TOKENS) as f64 / seconds,
+        seconds_per_step: None,
+        peak_rss_mb: peak_rss_mb()?,
+    })
+}
+
+/// The RL workloads on `batch` random prompts of `PROMPT_LEN` tokens with `NEW_TOKENS`-token
+/// responses (a random model almost never emits EOS early): `rollout` times the library's
+/// rollout (sampling plus policy and reference scoring); `ppo` runs `rlxf train ppo`'s loop for
+/// one warm-up step and `steps` timed ones, reading each step's wall time from its metrics.
+fn bench_rl(args: &BenchArgs, workload: WorkloadKind) -> anyhow::Result<BenchResult> {
+    use rlxf_train::rl::kl::KlConfig;
+    use rlxf_train::rl::ppo::Ppo;
+    use rlxf_train::rl::rewards::TargetTokenFraction;
+    use rlxf_train::rl::rollout::{rollout, RolloutConfig};
+    use rlxf_train::rl::{train_rl, GuardConfig, Prompt, RlParts, RlSettings};
+
+    let device = Device::Cpu;
+    let policy = LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?;
+    let reference = LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?;
+    let prompts: Vec<Prompt> = random_ids(args.batch, PROMPT_LEN, policy.vocab_size())
+        .into_iter()
+        .map(|ids| Prompt {
+            text: String::new(),
+            ids,
+        })
+        .collect();
+    let reward = Box::new(TargetTokenFraction { token_id: 262 });
+    let mut parts = RlParts::new(
+        policy,
+        reference,
+        Tokenizer::gpt2(),
+        prompts,
+        reward,
+        true,
+        0,
+    )?;
+    let rollout_config = RolloutConfig {
+        temperature: 0.9,
+        max_new_tokens: NEW_TOKENS,
+        max_prompt_length: PROMPT_LEN,
+    };
+    let (tokens_per_s, seconds) = match workload {
+        WorkloadKind::Rollout => {
+            let prompt_ids: Vec<Vec<u32>> = parts.prompts.iter().map(|p| p.ids.clone()).collect();
+            let mut tokens = 0;
+            let mut run = || -> anyhow::Result<()> {
+                let samples = rollout(
+                    &parts.policy,
+                    &parts.reference,
+                    &parts.tokenizer,
+                    &prompt_ids,
+                    1,
+                    &rollout_config,
+                    0,
+                    args.batch,
+                )?;
+                tokens = samples.iter().map(|s| s.response.len()).sum();
+                Ok(())
+            };
+            run()?;
+            let seconds = timed(args.steps, &mut run)?;
+            (tokens as f64 / seconds, seconds)
+        }
+        _ => {
+            let dir = std::env::temp_dir().join(format!("rlxf-bench-ppo-{}", std::process::id()));
+            let train = rlxf_train::LoopConfig {
+                max_steps: Some(args.steps as u64 + 1),
+                batch_size: args.batch,
+                learning_rate: Some(1e-5),
+                ..rlxf_train::LoopConfig::default()
+            };
+            let (kl, guards) = (KlConfig::default(), GuardConfig::default());
+            let settings = RlSettings {
+                rollout: &rollout_config,
+                kl: &kl,
+                guards: &guards,
+                train: &train,
+                default_lr: 1e-5,
+            };
+            train_rl(
+                &Ppo::default(),
+                &mut parts,
+                settings,
+                &dir,
+                "",
+                &rlxf_train::RunOptions::default(),
+                &mut rlxf_train::Silent,
+            )?;
+            let records = rlxf_train::metrics::read_metrics(&dir.join("metrics.jsonl"))?;
+            std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+            let timed_steps = &records[1..];
+            let number = |record: &serde_json::Map<String, serde_json::Value>, key: &str| {
+                record
+                    .get(key)
+                    .and_then(serde_json::Value::as_f64)
+                    .unwrap_or(f64::NAN)
+            };
+            let seconds = timed_steps
+                .iter()
+                .map(|r| number(r, "step_seconds"))
+                .sum::<f64>()
+                / timed_steps.len() as f64;
+            let tokens = timed_steps
+                .iter()
+                .map(|r| number(r, "response_length") * args.batch as f64)
+                .sum::<f64>()
+                / timed_steps.len() as f64;
+            (tokens / seconds, seconds)
+        }
+    };
+    Ok(BenchResult {
+        workload,
+        batch: args.batch,
+        seq: Some(PROMPT_LEN),
+        precision: None,
+        tokens_per_s,
+        seconds_per_step: Some(seconds),
         peak_rss_mb: peak_rss_mb()?,
     })
 }

@@ -19,8 +19,9 @@ use crate::{progress, Ctx};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Model directory (config.json, model.safetensors, tokenizer.json or a GPT-2-family config)
-    /// or a Hugging Face model id (needs network access).
+    /// Model directory (config.json, model.safetensors, tokenizer.json or a GPT-2-family config),
+    /// a registered name fetched with `rlxf model fetch` (smollm2-135m-instruct), or a Hugging Face
+    /// model id (needs network access).
     #[arg(long)]
     model: String,
 
@@ -57,7 +58,8 @@ pub struct GenerateArgs {
     batch_size: usize,
 
     /// Feed prompts verbatim instead of wrapping them in the model's dialogue format
-    /// ("\n\nHuman: ...\n\nAssistant:" for GPT-Neo/GPT-2) and stopping at the next user turn.
+    /// ("\n\nHuman: ...\n\nAssistant:" for GPT-Neo/GPT-2, ChatML for SmolLM2) and stopping at
+    /// the end of the reply.
     #[arg(long)]
     raw: bool,
 

@@ -14,8 +14,9 @@ use crate::{progress, Ctx};
 
 #[derive(Debug, Args)]
 pub struct LogprobsArgs {
-    /// Model directory (config.json, model.safetensors, tokenizer.json or a GPT-2-family config)
-    /// or a Hugging Face model id (needs network access).
+    /// Model directory (config.json, model.safetensors, tokenizer.json or a GPT-2-family config),
+    /// a registered name fetched with `rlxf model fetch` (smollm2-135m-instruct), or a Hugging Face
+    /// model id (needs network access).
     #[arg(long)]
     model: String,
 

@@ -3,8 +3,12 @@
 pub mod bench;
 pub mod data;
 pub mod generate;
+pub mod label;
 pub mod logprobs;
 pub mod model;
+pub mod rl;
+pub mod run;
+pub mod serve;
 pub mod train;
 
 /// Exit code for an error: 2 when the user's input caused it, 1 otherwise.
@@ -19,6 +23,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<rlxf_train::TrainError>()
                 .is_some_and(rlxf_train::TrainError::is_bad_input)
+            || cause
+                .downcast_ref::<rlxf_feedback::FeedbackError>()
+                .is_some_and(rlxf_feedback::FeedbackError::is_bad_input)
             || cause.downcast_ref::<BadInput>().is_some()
     });
     if bad_input {

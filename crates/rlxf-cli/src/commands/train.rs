@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::commands::generate::{read_jsonl_objects, string_field, write_jsonl};
-use crate::commands::BadInput;
+use crate::commands::{rl, BadInput};
 use crate::{progress, Ctx};
 
 #[derive(Debug, Subcommand)]
@@ -26,6 +26,13 @@ pub enum TrainCommand {
     Rm(TrainArgs),
     /// Direct Preference Optimization against a frozen reference model.
     Dpo(TrainArgs),
+    /// PPO against a reward (reward model, AI labeler score or synthetic) with a KL leash to the
+    /// reference: value head, GAE, clipped losses (TRL PPOTrainer defaults).
+    Ppo(TrainArgs),
+    /// A2C: REINFORCE with a learned value baseline, Lee et al. 2023's RL algorithm.
+    A2c(TrainArgs),
+    /// RLOO: k responses per prompt, leave-one-out baseline, no value head (TRL RLOOTrainer).
+    Rloo(TrainArgs),
     /// The seed study's protocol: SFT on the chosen replies into OUTPUT_DIR/rlhf/ and SFT on the
     /// rejected replies (the seed's stand-in for AI feedback, not real RLAIF) into
     /// OUTPUT_DIR/rlaif/, then OUTPUT_DIR/summary.json. A rerun resumes or skips finished arms.
@@ -102,7 +109,7 @@ pub struct ScoreArgs {
 }
 
 /// Draws the training progress bar.
-struct Bar(ProgressBar);
+pub(crate) struct Bar(pub(crate) ProgressBar);
 
 impl TrainObserver for Bar {
     fn on_start(&mut self, start_step: u64, total_steps: u64) {
@@ -113,8 +120,23 @@ impl TrainObserver for Bar {
 
     fn on_step(&mut self, step: u64, record: &Map<String, Value>) {
         self.0.set_position(step);
-        if let Some(loss) = record.get("loss").and_then(Value::as_f64) {
-            self.0.set_message(format!("loss {loss:.4}"));
+        let number = |key: &str| record.get(key).and_then(Value::as_f64);
+        // Online RL reports reward and KL; the offline trainers a loss.
+        match (number("reward"), number("kl"), number("loss")) {
+            (Some(reward), Some(kl), _) => {
+                self.0.set_message(format!("reward {reward:.4} kl {kl:.3}"))
+            }
+            (_, _, Some(loss)) => self.0.set_message(format!("loss {loss:.4}")),
+            _ => {}
+        }
+        for warning in record
+            .get("warnings")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            self.0.println(format!("warning (step {step}): {warning}"));
         }
     }
 }
@@ -155,6 +177,9 @@ pub fn run(cmd: TrainCommand, ctx: Ctx) -> anyhow::Result<()> {
             |c, dir| c.output_dir = dir,
             dpo::run,
         ),
+        TrainCommand::Ppo(args) => rl::run::<rlxf_train::rl::ppo::Ppo>(args, ctx),
+        TrainCommand::A2c(args) => rl::run::<rlxf_train::rl::a2c::A2c>(args, ctx),
+        TrainCommand::Rloo(args) => rl::run::<rlxf_train::rl::rloo::Rloo>(args, ctx),
         TrainCommand::SeedReplication(args) => run_seed_replication(args, ctx),
     }
 }
@@ -194,17 +219,14 @@ fn run_seed_replication(args: SeedReplicationArgs, ctx: Ctx) -> anyhow::Result<(
     Ok(())
 }
 
-type RunFn<C> =
-    fn(&C, &str, &Path, &RunOptions, &mut dyn TrainObserver) -> rlxf_train::Result<TrainSummary>;
-
-fn run_algorithm<C: DeserializeOwned + Serialize>(
-    args: TrainArgs,
-    ctx: Ctx,
+/// The config of `rlxf train NAME` from --config or the run's own config.toml (with --resume),
+/// with --set overrides and the output directory applied; also returns the config file, the
+/// resolved config as TOML, and the run options.
+pub(crate) fn load_run_config<C: DeserializeOwned + Serialize>(
+    args: &TrainArgs,
     name: &str,
-    output_dir: fn(&C) -> PathBuf,
     set_output_dir: fn(&mut C, PathBuf),
-    train: RunFn<C>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(C, PathBuf, String, RunOptions)> {
     let config_path = match (&args.config, &args.resume) {
         (Some(path), _) => path.clone(),
         (None, Some(run_dir)) => run_dir.join(rlxf_train::trainer::CONFIG_FILE),
@@ -222,6 +244,22 @@ fn run_algorithm<C: DeserializeOwned + Serialize>(
         resume: args.resume.is_some(),
         stop_after_step: None,
     };
+    Ok((config, config_path, config_text, options))
+}
+
+type RunFn<C> =
+    fn(&C, &str, &Path, &RunOptions, &mut dyn TrainObserver) -> rlxf_train::Result<TrainSummary>;
+
+fn run_algorithm<C: DeserializeOwned + Serialize>(
+    args: TrainArgs,
+    ctx: Ctx,
+    name: &str,
+    output_dir: fn(&C) -> PathBuf,
+    set_output_dir: fn(&mut C, PathBuf),
+    train: RunFn<C>,
+) -> anyhow::Result<()> {
+    let (config, config_path, config_text, options) =
+        load_run_config::<C>(&args, name, set_output_dir)?;
     let bar = progress::bar(ctx, 0, "steps");
     bar.set_message(format!("train {name}"));
     let mut observer = Bar(bar);

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use rlxf_model::{AttentionKind, Gpt2Config, GptNeoConfig, LoadedModel, ModelConfig};
+use rlxf_model::{AttentionKind, Gpt2Config, GptNeoConfig, LlamaConfig, LoadedModel, ModelConfig};
 
 pub fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -51,6 +51,33 @@ pub fn small_gpt2_config() -> ModelConfig {
     })
 }
 
+/// A small Llama with grouped-query attention (4 query heads, 2 key/value heads) and a tied head.
+pub fn small_llama_config() -> ModelConfig {
+    ModelConfig::Llama(LlamaConfig {
+        vocab_size: 97,
+        hidden_size: 16,
+        intermediate_size: 24,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        max_position_embeddings: 32,
+        ..LlamaConfig::tiny()
+    })
+}
+
+/// The small Llama with an untied head and biases on every projection.
+pub fn small_untied_llama_config() -> ModelConfig {
+    let ModelConfig::Llama(config) = small_llama_config() else {
+        unreachable!("small_llama_config is a Llama")
+    };
+    ModelConfig::Llama(LlamaConfig {
+        tie_word_embeddings: false,
+        attention_bias: true,
+        mlp_bias: true,
+        ..config
+    })
+}
+
 /// A random model with weights large enough (std 0.3) that logits vary strongly with the input,
 /// so equality tests are sensitive.
 pub fn random_model(config: ModelConfig, seed: u64, dtype: DType) -> LoadedModel {
@@ -60,6 +87,10 @@ pub fn random_model(config: ModelConfig, seed: u64, dtype: DType) -> LoadedModel
             ..c
         }),
         ModelConfig::Gpt2(c) => ModelConfig::Gpt2(Gpt2Config {
+            initializer_range: 0.3,
+            ..c
+        }),
+        ModelConfig::Llama(c) => ModelConfig::Llama(LlamaConfig {
             initializer_range: 0.3,
             ..c
         }),

@@ -7,7 +7,9 @@ RLXF_EXPORT_DIR set:
     python3 crates/rlxf-model/tests/reference/check_rlxf_saved_model.py /tmp/rlxf-export/gpt-neo ...
 
 Each DIR is loaded with AutoModelForCausalLM (and, when its config names a *ForSequenceClassification
-class, also AutoModelForSequenceClassification, compared against rlxf's scalar-head scores).
+class, also AutoModelForSequenceClassification, compared against rlxf's scalar-head scores). A DIR
+with `rlxf_tokens.json` (a GGUF import: `cargo test -p rlxf-model --test gguf_import`) also has its
+tokenizer loaded with AutoTokenizer, whose ids must equal rlxf's.
 Exits non-zero if any max |difference| exceeds 1e-4.
 """
 
@@ -17,7 +19,7 @@ import sys
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 TOLERANCE = 1e-4
 
@@ -42,6 +44,17 @@ def check(model_dir):
         diff = (scores - expected["scores"]).abs().max().item()
         print(f"{model_dir}: {type(classifier).__name__} max |dscore| = {diff:.3e}")
         ok &= diff <= TOLERANCE
+
+    tokens_path = os.path.join(model_dir, "rlxf_tokens.json")
+    if os.path.exists(tokens_path):
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        with open(tokens_path) as f:
+            cases = json.load(f)
+        mismatches = [
+            case["text"] for case in cases if tokenizer(case["text"], add_special_tokens=False)["input_ids"] != case["ids"]
+        ]
+        print(f"{model_dir}: {type(tokenizer).__name__} ids differ on {len(mismatches)}/{len(cases)} strings {mismatches}")
+        ok &= not mismatches
     return ok
 
 

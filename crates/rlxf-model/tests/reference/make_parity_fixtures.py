@@ -20,15 +20,21 @@ VOCAB = 1000
 SEQ = 12
 
 
+# Parameter name endings of layer-norm/RMSNorm scales and of embedding (or untied head) matrices,
+# for GPT-Neo/GPT-2 and for Llama (make_llama_fixtures.py).
+NORM_SCALES = ("ln_1.weight", "ln_2.weight", "ln_f.weight", "norm.weight")
+EMBEDDINGS = ("wte.weight", "wpe.weight", "embed_tokens.weight", "lm_head.weight")
+
+
 def perturb(model, seed):
     """HF's N(0, 0.02) init gives near-constant logits; larger random weights make the parity test sensitive."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight"):
+            if name.endswith(NORM_SCALES):
                 param.copy_(1.0 + 0.2 * noise)
-            elif name.endswith("wte.weight") or name.endswith("wpe.weight"):
+            elif name.endswith(EMBEDDINGS):
                 param.copy_(0.5 * noise)
             else:
                 param.copy_(0.15 * noise)

@@ -1,0 +1,190 @@
+//! The experiment config `rlxf run` reads: which models, seeds and methods to compare, and the
+//! settings of each stage (each trainer's section takes the fields of that trainer's own config).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rlxf_train::setup::DataConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::commands::BadInput;
+
+/// A policy-producing recipe compared in the study.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// The starting model itself, untrained.
+    Base,
+    /// SFT on the chosen replies (also the seed study's "RLHF" arm).
+    Sft,
+    /// SFT on the rejected replies: the seed study's "RLAIF" arm, its stand-in for AI feedback.
+    SftRejected,
+    /// DPO from the SFT model on the human preference labels.
+    DpoHuman,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Base => "base",
+            Method::Sft => "sft",
+            Method::SftRejected => "sft-rejected",
+            Method::DpoHuman => "dpo-human",
+        }
+    }
+}
+
+/// One model size of the sweep.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// Short name used in folder and policy names (`tiny`, `smollm2-135m`).
+    pub name: String,
+    /// A model directory, a registered name (`smollm2-135m-instruct`), a Hugging Face id, or
+    /// `random:<arch>`.
+    pub source: String,
+}
+
+/// How policies are evaluated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSettings {
+    /// Prompt suite: `embedded` (rlxf's suite across the seed's contexts) or a JSONL file of
+    /// `{"id", "text", "context"}` prompts in HH form.
+    pub prompts: String,
+    /// Use at most this many prompts per context from the suite (all when unset).
+    pub per_context: Option<usize>,
+    /// Also evaluate on the prompts of this many held-out HH pairs (from `[data]`'s split).
+    pub heldout_pairs: usize,
+    pub max_new_tokens: usize,
+    /// 0 is greedy decoding.
+    pub temperature: f64,
+    pub seed: u64,
+    pub batch_size: usize,
+    /// The policy every other is compared with; the first method's policy when unset.
+    pub baseline: Option<String>,
+    /// Train a reward model on the human pairs (from the SFT model) and report its score.
+    pub reward_model: bool,
+    /// Bootstrap resamples per interval.
+    pub resamples: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self {
+            prompts: "embedded".into(),
+            per_context: None,
+            heldout_pairs: 0,
+            max_new_tokens: 64,
+            temperature: 0.0,
+            seed: 0,
+            batch_size: 8,
+            baseline: None,
+            reward_model: false,
+            resamples: 2000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportSettings {
+    /// Report title; the experiment name when unset.
+    pub title: Option<String>,
+    /// A paragraph under the title.
+    pub summary: Option<String>,
+}
+
+/// `rlxf run` config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Run name: everything goes to `<runs_dir>/<name>/`.
+    pub name: String,
+    #[serde(default = "default_runs_dir")]
+    pub runs_dir: PathBuf,
+    /// One run of every method per seed (data order, initialisation, sampling).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    pub models: Vec<ModelEntry>,
+    pub methods: Vec<Method>,
+    /// Training pairs, shared by every stage (the `[data]` table of the trainer configs).
+    #[serde(default)]
+    pub data: DataConfig,
+    /// Fields of `rlxf train sft`'s config (model, output_dir, data and target are set by the run).
+    #[serde(default)]
+    pub sft: toml::Table,
+    /// Fields of `rlxf train rm`'s config.
+    #[serde(default)]
+    pub rm: toml::Table,
+    /// Fields of `rlxf train dpo`'s config.
+    #[serde(default)]
+    pub dpo: toml::Table,
+    #[serde(default)]
+    pub eval: EvalSettings,
+    #[serde(default)]
+    pub report: ReportSettings,
+}
+
+fn default_runs_dir() -> PathBuf {
+    "runs".into()
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![1]
+}
+
+impl ExperimentConfig {
+    /// Reads and checks a config file; `overrides` are `section.field=value` (TOML values).
+    pub fn read(path: &Path, overrides: &[String]) -> anyhow::Result<Self> {
+        let (config, _): (Self, String) = rlxf_train::config::read_config(path, overrides)
+            .with_context(|| format!("reading the experiment config {}", path.display()))?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> anyhow::Result<()> {
+        let bad = |field: &str, reason: &str| -> anyhow::Result<()> {
+            Err(BadInput(format!("{}: field `{field}`: {reason}", path.display())).into())
+        };
+        let safe = |name: &str| {
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && !name.starts_with('.')
+        };
+        if !safe(&self.name) {
+            return bad(
+                "name",
+                "use letters, digits, '-', '_' or '.' (it names a folder)",
+            );
+        }
+        if self.models.is_empty() {
+            return bad("models", "list at least one model");
+        }
+        for (index, model) in self.models.iter().enumerate() {
+            if !safe(&model.name) {
+                return bad(
+                    &format!("models[{index}].name"),
+                    "use letters, digits, '-', '_' or '.' (it names a folder)",
+                );
+            }
+        }
+        let mut names: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        if names.windows(2).any(|w| w[0] == w[1]) {
+            return bad("models", "model names must be unique");
+        }
+        if self.methods.is_empty() {
+            return bad("methods", "list at least one method");
+        }
+        if self.seeds.is_empty() {
+            return bad("seeds", "list at least one seed");
+        }
+        if self.eval.batch_size == 0 || self.eval.max_new_tokens == 0 {
+            return bad("eval", "batch_size and max_new_tokens must be at least 1");
+        }
+        Ok(())
+    }
+}

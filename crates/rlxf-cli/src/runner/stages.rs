@@ -1,0 +1,644 @@
+//! The stages of `rlxf run`: training (through the trainers of rlxf-train), generation of replies
+//! to the evaluation prompts, evaluation (rlxf-eval) and the report (rlxf-report).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use rlxf_data::{embedded_eval_prompts, read_prompts_jsonl, Prompt};
+use rlxf_eval::{
+    distinct_metrics, lexical_metrics, EvalResults, Evaluator, MetricInfo, MetricKind,
+    PrecomputedMetric, ResponseRecord, StatsConfig,
+};
+use rlxf_model::{generate_keyed, GenerationConfig};
+use rlxf_report::{curves_from_metrics, PolicyInfo, ReportInput};
+use rlxf_train::setup::{load_model, Lengths};
+use rlxf_train::{dpo, reward, sft, RunOptions, TrainObserver, TrainSummary};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::config::{ExperimentConfig, Method, ModelEntry};
+use super::manifest::{stage_dir, StageRun};
+use super::{run_stage, Policy, RunSummary};
+use crate::commands::generate::{load_cli_model, write_jsonl};
+use crate::commands::train::Bar;
+use crate::{progress, Ctx};
+
+/// A model made by a stage: its folder and the stage's key.
+type Made = (PathBuf, String);
+
+/// The models trained for one model entry and seed.
+pub struct TrainedModels {
+    base: Made,
+    sft: Option<Made>,
+    sft_rejected: Option<Made>,
+    dpo_human: Option<Made>,
+    pub reward_model: Option<Made>,
+}
+
+impl TrainedModels {
+    pub fn policy_model(&self, method: Method) -> anyhow::Result<Made> {
+        let made = match method {
+            Method::Base => Some(&self.base),
+            Method::Sft => self.sft.as_ref(),
+            Method::SftRejected => self.sft_rejected.as_ref(),
+            Method::DpoHuman => self.dpo_human.as_ref(),
+        };
+        made.cloned()
+            .with_context(|| format!("no model was trained for {}", method.name()))
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The starting model: a folder used in place (keyed by its config and weights' size and time),
+/// or a `random:` model written once by a `base` stage.
+fn base_model(
+    entry: &ModelEntry,
+    seed: u64,
+    run_dir: &Path,
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<Made> {
+    if entry.source.starts_with("random:") {
+        let dir = stage_dir(run_dir, Some((&entry.name, seed)), "base");
+        let stage = StageRun::new(
+            "base",
+            dir,
+            json!({"source": entry.source, "seed": seed}),
+            Vec::new(),
+        );
+        let key = stage.key.clone();
+        run_stage(stage, ctx, summary, |dir, _| {
+            let bundle = load_model(&entry.source, seed)?;
+            bundle.model.save_pretrained(&dir.join("model"))?;
+            Ok(json!({"model": "model"}))
+        })?;
+        return Ok((
+            stage_dir(run_dir, Some((&entry.name, seed)), "base").join("model"),
+            key,
+        ));
+    }
+    if let Some(registered) = rlxf_model::fetch::registered_model(&entry.source) {
+        // A registered model (smollm2-135m-instruct) is fetched into the cache on first use.
+        let cache = rlxf_model::fetch::default_cache_root()?;
+        rlxf_model::fetch::fetch_model(registered, &cache, true, &mut |line| {
+            if !ctx.quiet {
+                eprintln!("fetch: {line}");
+            }
+        })?;
+    }
+    let dir = rlxf_model::loading::resolve_source(&entry.source)
+        .with_context(|| format!("model `{}` ({})", entry.name, entry.source))?;
+    let config = std::fs::read(dir.join("config.json"))
+        .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
+    let weights = std::fs::metadata(dir.join("model.safetensors"))
+        .map(|meta| format!("{:?}/{:?}", meta.len(), meta.modified().ok()))
+        .unwrap_or_default();
+    let key = sha256_hex(
+        format!(
+            "{}\n{}\n{weights}",
+            dir.display(),
+            String::from_utf8_lossy(&config)
+        )
+        .as_bytes(),
+    );
+    Ok((dir, key))
+}
+
+type RunFn<C> =
+    fn(&C, &str, &Path, &RunOptions, &mut dyn TrainObserver) -> rlxf_train::Result<TrainSummary>;
+
+/// Sets `table[key] = value`, merging tables key by key.
+fn merge(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match (table.get_mut(key), value) {
+        (Some(toml::Value::Table(existing)), toml::Value::Table(incoming)) => {
+            for (inner_key, inner_value) in incoming {
+                merge(existing, &inner_key, inner_value);
+            }
+        }
+        (_, value) => {
+            table.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// Runs one trainer as a stage: the user's section of the experiment config, with the fields the
+/// run decides (`fixed`: model, output_dir, data, seed …) laid over it.
+#[allow(clippy::too_many_arguments)]
+fn trainer_stage<C: DeserializeOwned + Serialize>(
+    name: &str,
+    section: &toml::Table,
+    fixed: toml::Table,
+    inputs: Vec<String>,
+    dir: PathBuf,
+    config_path: &Path,
+    train: RunFn<C>,
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<Made> {
+    let mut table = section.clone();
+    for (key, value) in fixed {
+        merge(&mut table, &key, value);
+    }
+    table.insert(
+        "output_dir".into(),
+        toml::Value::String(dir.display().to_string()),
+    );
+    let text = toml::to_string(&table)?;
+    let (config, resolved): (C, String) = rlxf_train::config::parse_config(&text, config_path, &[])
+        .with_context(|| format!("the [{name}] section of {}", config_path.display()))?;
+    let resolved_value: toml::Value = toml::from_str(&resolved)?;
+    let stage = StageRun::new(
+        name,
+        dir.clone(),
+        serde_json::to_value(resolved_value)?,
+        inputs,
+    );
+    let key = stage.key.clone();
+    run_stage(stage, ctx, summary, |_, resume| {
+        let bar = progress::bar(ctx, 0, "steps");
+        bar.set_message(name.to_string());
+        let mut observer = Bar(bar);
+        let options = RunOptions {
+            resume,
+            stop_after_step: None,
+        };
+        let result = train(&config, &resolved, config_path, &options, &mut observer)?;
+        observer.0.finish_and_clear();
+        let eval: serde_json::Map<String, Value> = result
+            .eval
+            .iter()
+            .map(|(metric, value)| (metric.clone(), json!(value)))
+            .collect();
+        Ok(json!({
+            "model": "model",
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "eval": eval,
+        }))
+    })?;
+    Ok((dir.join("model"), key))
+}
+
+fn model_table(
+    model: &Made,
+    data: &rlxf_train::setup::DataConfig,
+    seed: u64,
+) -> anyhow::Result<toml::Table> {
+    let mut fixed = toml::Table::new();
+    fixed.insert(
+        "model".into(),
+        toml::Value::String(model.0.display().to_string()),
+    );
+    fixed.insert("data".into(), toml::Value::try_from(data)?);
+    let mut train = toml::Table::new();
+    train.insert("seed".into(), toml::Value::Integer(seed as i64));
+    fixed.insert("train".into(), toml::Value::Table(train));
+    Ok(fixed)
+}
+
+/// The training stages one model entry and seed need for the configured methods.
+pub fn train_model_stages(
+    config: &ExperimentConfig,
+    config_path: &Path,
+    entry: &ModelEntry,
+    seed: u64,
+    run_dir: &Path,
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<TrainedModels> {
+    let wants = |method: Method| config.methods.contains(&method);
+    let scope = Some((entry.name.as_str(), seed));
+    let base = base_model(entry, seed, run_dir, ctx, summary)?;
+    let needs_sft = wants(Method::Sft) || wants(Method::DpoHuman) || config.eval.reward_model;
+    let sft_target = |target: &str| -> anyhow::Result<toml::Table> {
+        let mut fixed = model_table(&base, &config.data, seed)?;
+        fixed.insert("target".into(), toml::Value::String(target.into()));
+        Ok(fixed)
+    };
+    let sft = if needs_sft {
+        Some(trainer_stage::<sft::SftConfig>(
+            "sft",
+            &config.sft,
+            sft_target("chosen")?,
+            vec![base.1.clone()],
+            stage_dir(run_dir, scope, "sft"),
+            config_path,
+            sft::run,
+            ctx,
+            summary,
+        )?)
+    } else {
+        None
+    };
+    let sft_rejected = if wants(Method::SftRejected) {
+        Some(trainer_stage::<sft::SftConfig>(
+            "sft-rejected",
+            &config.sft,
+            sft_target("rejected")?,
+            vec![base.1.clone()],
+            stage_dir(run_dir, scope, "sft-rejected"),
+            config_path,
+            sft::run,
+            ctx,
+            summary,
+        )?)
+    } else {
+        None
+    };
+    let from_sft = |sft: &Option<Made>| -> anyhow::Result<(toml::Table, Vec<String>)> {
+        let sft = sft.as_ref().context("the SFT stage did not run")?;
+        Ok((model_table(sft, &config.data, seed)?, vec![sft.1.clone()]))
+    };
+    let reward_model = if config.eval.reward_model {
+        let (fixed, inputs) = from_sft(&sft)?;
+        Some(trainer_stage::<reward::RewardConfig>(
+            "rm",
+            &config.rm,
+            fixed,
+            inputs,
+            stage_dir(run_dir, scope, "rm"),
+            config_path,
+            reward::run,
+            ctx,
+            summary,
+        )?)
+    } else {
+        None
+    };
+    let dpo_human = if wants(Method::DpoHuman) {
+        let (fixed, inputs) = from_sft(&sft)?;
+        Some(trainer_stage::<dpo::DpoConfig>(
+            "dpo-human",
+            &config.dpo,
+            fixed,
+            inputs,
+            stage_dir(run_dir, scope, "dpo-human"),
+            config_path,
+            dpo::run,
+            ctx,
+            summary,
+        )?)
+    } else {
+        None
+    };
+    Ok(TrainedModels {
+        base,
+        sft,
+        sft_rejected,
+        dpo_human,
+        reward_model,
+    })
+}
+
+/// The evaluation prompts: the suite (capped per context, in file order) and held-out HH prompts.
+fn eval_prompts(config: &ExperimentConfig) -> anyhow::Result<Vec<Prompt>> {
+    let suite = if config.eval.prompts == "embedded" {
+        embedded_eval_prompts()
+    } else {
+        read_prompts_jsonl(Path::new(&config.eval.prompts))?
+    };
+    let mut per_context: HashMap<String, usize> = HashMap::new();
+    let mut prompts: Vec<Prompt> = suite
+        .into_iter()
+        .filter(|prompt| {
+            let count = per_context
+                .entry(prompt.context.clone().unwrap_or_default())
+                .or_default();
+            *count += 1;
+            config.eval.per_context.is_none_or(|cap| *count <= cap)
+        })
+        .collect();
+    if config.eval.heldout_pairs > 0 {
+        let seed = config.seeds[0];
+        let split = rlxf_train::setup::load_data(&config.data, seed)?;
+        prompts.extend(
+            split
+                .eval
+                .into_iter()
+                .take(config.eval.heldout_pairs)
+                .map(|pair| Prompt {
+                    id: format!("heldout-{}", pair.id),
+                    text: pair.prompt,
+                    context: pair.context,
+                }),
+        );
+    }
+    if prompts.is_empty() {
+        bail!("no evaluation prompts (check [eval] prompts and per_context)");
+    }
+    Ok(prompts)
+}
+
+/// A random-stream key per prompt from its id, so a reply does not depend on which other prompts
+/// are evaluated or how they are batched.
+fn prompt_key(id: &str) -> u64 {
+    let digest = Sha256::digest(id.as_bytes());
+    u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// One policy's replies to the evaluation prompts (records without the policy name, which the
+/// evaluation assigns).
+fn generate_replies(
+    policy: &Policy,
+    prompts: &[Prompt],
+    config: &ExperimentConfig,
+    ctx: Ctx,
+) -> anyhow::Result<Vec<Value>> {
+    let cli_model = load_cli_model(&policy.model_dir.display().to_string())?;
+    let generation = GenerationConfig {
+        max_new_tokens: config.eval.max_new_tokens,
+        temperature: config.eval.temperature,
+        seed: config.eval.seed,
+        stop_strings: cli_model.template.stop_strings(),
+        stop_at_eos: true,
+        ..GenerationConfig::default()
+    };
+    let bar = progress::bar(ctx, prompts.len() as u64, "prompts");
+    bar.set_message(format!("generating {}", policy.name));
+    let mut rows = Vec::with_capacity(prompts.len());
+    for chunk in prompts.chunks(config.eval.batch_size) {
+        let ids = chunk
+            .iter()
+            .map(|prompt| {
+                let text = cli_model.template.render_hh_prompt(&prompt.text)?;
+                cli_model.tokenizer.encode(&text)
+            })
+            .collect::<rlxf_model::Result<Vec<_>>>()?;
+        let keys: Vec<u64> = chunk.iter().map(|prompt| prompt_key(&prompt.id)).collect();
+        let replies = generate_keyed(
+            &cli_model.model,
+            &cli_model.tokenizer,
+            &ids,
+            &keys,
+            &generation,
+        )?;
+        for (prompt, reply) in chunk.iter().zip(replies) {
+            rows.push(json!({
+                "prompt_id": prompt.id,
+                "prompt": prompt.text,
+                "context": prompt.context,
+                "response": cli_model.template.reply_text(&reply.text).trim(),
+                "tokens": reply.token_ids.len(),
+            }));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(rows)
+}
+
+/// Generation stages of every policy; returns each policy's responses file.
+pub fn generate_all(
+    config: &ExperimentConfig,
+    run_dir: &Path,
+    policies: &[Policy],
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<Vec<(PathBuf, String)>> {
+    let prompts = eval_prompts(config)?;
+    let prompts_hash = sha256_hex(serde_json::to_string(&prompts)?.as_bytes());
+    let settings = json!({
+        "prompts": prompts_hash,
+        "max_new_tokens": config.eval.max_new_tokens,
+        "temperature": config.eval.temperature,
+        "seed": config.eval.seed,
+    });
+    let mut files = Vec::with_capacity(policies.len());
+    for policy in policies {
+        let dir = stage_dir(
+            run_dir,
+            Some((&policy.model_name, policy.seed)),
+            &format!("generate-{}", policy.method.name()),
+        );
+        let stage = StageRun::new(
+            "generate",
+            dir.clone(),
+            settings.clone(),
+            vec![policy.key.clone()],
+        );
+        let key = stage.key.clone();
+        run_stage(stage, ctx, summary, |dir, _| {
+            let rows = generate_replies(policy, &prompts, config, ctx)?;
+            write_jsonl(&dir.join("responses.jsonl"), &rows)?;
+            Ok(json!({"responses": "responses.jsonl", "count": rows.len()}))
+        })?;
+        files.push((dir.join("responses.jsonl"), key));
+    }
+    Ok(files)
+}
+
+fn read_records(path: &Path, policy: &str) -> anyhow::Result<Vec<ResponseRecord>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            let mut value: Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: invalid JSON", path.display(), index + 1))?;
+            value["policy"] = json!(policy);
+            serde_json::from_value(value)
+                .with_context(|| format!("{}:{}: not a response record", path.display(), index + 1))
+        })
+        .collect()
+}
+
+/// Reward-model scores of every record, with the reward model of the policy's model and seed.
+fn reward_scores(
+    records: &[ResponseRecord],
+    policies: &[Policy],
+    reward_models: &[(String, u64, Made)],
+    ctx: Ctx,
+) -> anyhow::Result<HashMap<(String, String), f64>> {
+    let mut scores = HashMap::new();
+    for (model_name, seed, (dir, _)) in reward_models {
+        let bundle = load_model(&dir.display().to_string(), 0)?;
+        let context = rlxf_model::CausalLm::max_context(&bundle.model).min(1024);
+        let lengths = Lengths {
+            max_length: context,
+            max_prompt_length: context / 2,
+        };
+        let mine: Vec<&ResponseRecord> = records
+            .iter()
+            .filter(|record| {
+                policies.iter().any(|p| {
+                    p.name == record.policy && &p.model_name == model_name && p.seed == *seed
+                })
+            })
+            .collect();
+        let bar = progress::bar(ctx, mine.len() as u64, "replies");
+        bar.set_message(format!("reward model {model_name}/s{seed}"));
+        for chunk in mine.chunks(8) {
+            let items: Vec<(String, String)> = chunk
+                .iter()
+                .map(|r| (r.prompt.clone(), format!(" {}", r.response)))
+                .collect();
+            let values = reward::score_texts(&bundle, &items, lengths, 8)?;
+            for (record, value) in chunk.iter().zip(values) {
+                scores.insert((record.policy.clone(), record.prompt_id.clone()), value);
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+    }
+    Ok(scores)
+}
+
+/// Scores every policy's replies and aggregates per policy × context.
+pub fn evaluate(
+    config: &ExperimentConfig,
+    run_dir: &Path,
+    policies: &[Policy],
+    responses: &[(PathBuf, String)],
+    reward_models: &[(String, u64, Made)],
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<(PathBuf, String)> {
+    let baseline = config
+        .eval
+        .baseline
+        .clone()
+        .unwrap_or_else(|| policies[0].name.clone());
+    if !policies.iter().any(|p| p.name == baseline) {
+        return Err(crate::commands::BadInput(format!(
+            "[eval] baseline `{baseline}` is not one of the policies: {}",
+            policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .into());
+    }
+    let mut inputs: Vec<String> = responses.iter().map(|(_, key)| key.clone()).collect();
+    inputs.extend(reward_models.iter().map(|(_, _, (_, key))| key.clone()));
+    let settings = json!({
+        "policies": policies.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        "baseline": baseline,
+        "resamples": config.eval.resamples,
+        "seed": config.eval.seed,
+    });
+    let dir = stage_dir(run_dir, None, "eval");
+    let stage = StageRun::new("eval", dir.clone(), settings, inputs);
+    let key = stage.key.clone();
+    run_stage(stage, ctx, summary, |dir, _| {
+        let mut records = Vec::new();
+        for (policy, (file, _)) in policies.iter().zip(responses) {
+            records.extend(read_records(file, &policy.name)?);
+        }
+        let mut metrics = lexical_metrics();
+        if !reward_models.is_empty() {
+            let scores = reward_scores(&records, policies, reward_models, ctx)?;
+            metrics.push(Box::new(PrecomputedMetric::new(
+                MetricInfo {
+                    name: "reward".into(),
+                    kind: MetricKind::Mean,
+                    description: "Score of the reward model trained on the human preference pairs \
+                                  (from the same model's SFT checkpoint)."
+                        .into(),
+                    higher_is_better: Some(true),
+                },
+                scores,
+                true,
+            )));
+        }
+        let stats = StatsConfig {
+            resamples: config.eval.resamples,
+            seed: config.eval.seed,
+            ..StatsConfig::default()
+        };
+        let results = Evaluator::new(metrics, distinct_metrics())
+            .with_stats(stats)
+            .with_baseline(baseline.clone())
+            .evaluate(records.clone())?;
+        results.write_json(&dir.join("results.json"))?;
+        let rows: Vec<Value> = records.iter().map(|r| json!(r)).collect();
+        write_jsonl(&dir.join("responses.jsonl"), &rows)?;
+        Ok(json!({"results": "results.json", "responses": rows.len()}))
+    })?;
+    Ok((dir.join("results.json"), key))
+}
+
+/// Parameters of the model in `dir`, from its config (no weights loaded).
+fn parameter_count(dir: &Path) -> Option<u64> {
+    let config = rlxf_model::ModelConfig::read(dir).ok()?;
+    let specs = rlxf_model::parameter_spec(&config).ok()?;
+    Some(
+        specs
+            .iter()
+            .map(|spec| spec.shape.iter().product::<usize>() as u64)
+            .sum(),
+    )
+}
+
+/// Writes `report.md`, `report.html` and the plots.
+pub fn report(
+    config: &ExperimentConfig,
+    run_dir: &Path,
+    policies: &[Policy],
+    eval: &(PathBuf, String),
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<()> {
+    let dir = stage_dir(run_dir, None, "report");
+    let settings = json!({"title": config.report.title, "summary": config.report.summary});
+    let stage = StageRun::new("report", dir, settings, vec![eval.1.clone()]);
+    run_stage(stage, ctx, summary, |dir, _| {
+        let results = EvalResults::read_json(&eval.0)?;
+        let mut input = ReportInput::new(
+            config
+                .report
+                .title
+                .clone()
+                .unwrap_or_else(|| format!("rlxf study: {}", config.name)),
+            results,
+        );
+        input.summary = config.report.summary.clone().unwrap_or_else(|| {
+            format!(
+                "Methods {} on models {} with seeds {:?}; replies to {} evaluation prompts.",
+                config
+                    .methods
+                    .iter()
+                    .map(|m| m.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                config
+                    .models
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                config.seeds,
+                config.eval.prompts
+            )
+        });
+        for policy in policies {
+            input.policies.push(PolicyInfo {
+                name: policy.name.clone(),
+                method: Some(policy.method.name().into()),
+                parameters: parameter_count(&policy.model_dir),
+                size: Some(policy.model_name.clone()),
+            });
+            // a trained policy's stage folder holds its metrics.jsonl
+            if let Some(stage) = policy.model_dir.parent() {
+                let metrics = stage.join(rlxf_train::metrics::METRICS_FILE);
+                if metrics.is_file() {
+                    input.curves.extend(curves_from_metrics(
+                        &metrics,
+                        &policy.name,
+                        &["loss", "eval_loss", "reward", "kl"],
+                    )?);
+                }
+            }
+        }
+        let written = rlxf_report::write(&input, dir)?;
+        Ok(json!({"files": written.len(), "report": "report.html"}))
+    })?;
+    Ok(())
+}
