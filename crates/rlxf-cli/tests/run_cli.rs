@@ -81,19 +81,33 @@ fn a_study_runs_reuses_reruns_what_changed_and_resumes() {
             .unwrap();
     assert_eq!(
         results["policies"],
-        serde_json::json!(["sft", "sft-rejected", "dpo-human"])
+        serde_json::json!(["sft", "sft-rejected", "dpo-human", "dpo-ai"])
+    );
+    // the AI labels DPO trained on, and the judge's metrics
+    let seed_dir = run_dir.join("tiny/seed-1");
+    let labels = std::fs::read_to_string(seed_dir.join("labels-ai/labels.jsonl")).unwrap();
+    assert_eq!(labels.lines().count(), 24, "every pair of [data] labeled");
+    let dpo_ai_config = std::fs::read_to_string(seed_dir.join("dpo-ai/config.toml")).unwrap();
+    assert!(
+        dpo_ai_config.contains("labels-ai/labels.jsonl"),
+        "{dpo_ai_config}"
     );
     assert_eq!(results["baseline"], "sft");
     let markdown = std::fs::read_to_string(report.join("report.md")).unwrap();
     assert!(markdown.contains("| dpo-human |"), "{markdown}");
     // 7 contexts x 1 prompt + 2 held-out prompts per policy
     assert!(markdown.contains("(n=9)"), "{markdown}");
+    assert!(
+        markdown.contains("harmless") && markdown.contains("win_rate"),
+        "{markdown}"
+    );
+    assert!(markdown.contains("AI labeler audit: tiny/s1"), "{markdown}");
 
     // everything reused
     let again = run_study(dir.path(), &[]);
     assert_ok(&again);
     let out = String::from_utf8_lossy(&again.stdout);
-    assert!(out.starts_with("0 stages run, 10 reused"), "{out}");
+    assert!(out.starts_with("0 stages run, 13 reused"), "{out}");
 
     // a changed generation setting reruns generation, eval and report only
     let changed = run_study(dir.path(), &["eval.max_new_tokens=3"]);

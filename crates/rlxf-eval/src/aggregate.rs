@@ -372,10 +372,10 @@ fn check_scores(
             Some(value) if !value.is_finite() => {
                 return Err(failed(record, format!("value {value} is not finite")))
             }
-            Some(value) if info.kind == MetricKind::Rate && value != 0.0 && value != 1.0 => {
+            Some(value) if info.kind == MetricKind::Rate && ![0.0, 0.5, 1.0].contains(&value) => {
                 return Err(failed(
                     record,
-                    format!("rate metric returned {value}, not 0 or 1"),
+                    format!("rate metric returned {value}, not 0, 1 or 0.5 (a tie)"),
                 ))
             }
             _ => {}

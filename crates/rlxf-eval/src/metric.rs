@@ -61,7 +61,8 @@ impl ResponseRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricKind {
-    /// Values are 0 or 1; the aggregate is a rate.
+    /// Values are 0 or 1, or one half for a tie (as win rates count ties); the aggregate is a
+    /// rate.
     Rate,
     /// Any finite values; the aggregate is a mean.
     Mean,

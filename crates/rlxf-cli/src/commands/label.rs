@@ -6,9 +6,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use rlxf_data::{load_pairs, shuffle_cap_split, ContextRules, LoadOptions, Source, SplitRatios};
+use rlxf_data::{
+    load_pairs, shuffle_cap_split, ContextRules, LoadOptions, PreferencePair, Source, SplitRatios,
+};
 use rlxf_feedback::{
-    audit, AuditItem, Engine, LabelCache, LabelerConfig, ResponsePair, Side, SoftLabel,
+    audit, Audit, AuditItem, Engine, EngineStats, LabelCache, LabelerConfig, ResponsePair, Side,
+    SoftLabel,
 };
 use serde_json::{json, Value};
 
@@ -109,7 +112,6 @@ fn label_record(id: &str, context: &str, label: &SoftLabel) -> Value {
 pub fn run(args: LabelArgs, ctx: Ctx) -> anyhow::Result<()> {
     let started = Instant::now();
     let config = LabelerConfig::read(&args.labeler)?;
-    let labeler = config.pairwise_labeler()?;
     let own = own_sides(&args)?;
     let rules = match &args.contexts {
         Some(path) => ContextRules::from_path(path)?,
@@ -155,58 +157,24 @@ pub fn run(args: LabelArgs, ctx: Ctx) -> anyhow::Result<()> {
         .clone()
         .or_else(|| config.cache.clone())
         .unwrap_or_else(|| args.out.join("cache.sqlite"));
-    let cache = LabelCache::open(&cache_path)?;
-    let device = rlxf_model::Device::cuda_if_available(0).context("cannot open the device")?;
-    let engine = Engine::new(config.backend(&device)?, Some(cache));
-    tracing::info!("labeler {}", engine.identity());
-
-    let inputs: Vec<ResponsePair<'_>> = pairs
-        .iter()
-        .map(|pair| ResponsePair {
-            prompt: &pair.prompt,
-            a: &pair.chosen,
-            b: &pair.rejected,
-        })
-        .collect();
-    let bar = progress::bar(
+    let own_side = |pair: &PreferencePair| match (&own, args.own_side) {
+        (Some(sides), _) => sides.get(&pair.id).copied(),
+        (None, Some(OwnSide::Chosen)) => Some(Side::Chosen),
+        (None, Some(OwnSide::Rejected)) => Some(Side::Rejected),
+        (None, None) => None,
+    };
+    let labeled = label_pairs(
+        &config,
+        &pairs,
+        &contexts,
+        &own_side,
+        &cache_path,
+        &args.out,
         ctx,
-        (pairs.len() * labeler.answers_per_pair()) as u64,
-        "answers",
-    );
-    bar.set_message("labeling");
-    let labels = labeler.label(&engine, &inputs, &mut |done| bar.inc(done as u64))?;
-    bar.finish_and_clear();
-
-    let records: Vec<Value> = pairs
-        .iter()
-        .zip(&contexts)
-        .zip(&labels)
-        .map(|((pair, context), label)| label_record(&pair.id, context, label))
-        .collect();
-    let labels_path = args.out.join("labels.jsonl");
-    write_jsonl(&labels_path, &records)?;
-
-    let items: Vec<AuditItem<'_>> = pairs
-        .iter()
-        .zip(&contexts)
-        .zip(&labels)
-        .map(|((pair, context), label)| AuditItem {
-            label,
-            context,
-            chosen: &pair.chosen,
-            rejected: &pair.rejected,
-            own: match (&own, args.own_side) {
-                (Some(sides), _) => sides.get(&pair.id).copied(),
-                (None, Some(OwnSide::Chosen)) => Some(Side::Chosen),
-                (None, Some(OwnSide::Rejected)) => Some(Side::Rejected),
-                (None, None) => None,
-            },
-        })
-        .collect();
-    let report = audit(&items);
-    let stats = engine.stats();
+    )?;
+    let (report, stats, labels_path) = (labeled.audit, labeled.stats, labeled.labels_path);
     let audit_json = json!({
-        "labeler": engine.identity(),
+        "labeler": labeled.identity,
         "labeler_config": config,
         "pairs": args.pairs,
         "max_samples": args.max_samples,
@@ -243,7 +211,78 @@ pub fn run(args: LabelArgs, ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
+/// What [`label_pairs`] produced.
+pub struct Labeled {
+    pub identity: String,
+    pub audit: Audit,
+    pub stats: EngineStats,
+    pub labels_path: PathBuf,
+}
+
+/// Labels `pairs` (chosen as A, rejected as B, both orders) with the labeler `config` describes,
+/// writes `out/labels.jsonl` (`label` = P(chosen is better), what `rlxf train rm|dpo` read) and
+/// returns the audit. `contexts` tags each pair; `own` says which reply the labeler wrote, if any.
+pub fn label_pairs(
+    config: &LabelerConfig,
+    pairs: &[PreferencePair],
+    contexts: &[String],
+    own: &dyn Fn(&PreferencePair) -> Option<Side>,
+    cache_path: &Path,
+    out: &Path,
+    ctx: Ctx,
+) -> anyhow::Result<Labeled> {
+    let labeler = config.pairwise_labeler()?;
+    let cache = LabelCache::open(cache_path)?;
+    let device = rlxf_model::Device::cuda_if_available(0).context("cannot open the device")?;
+    let engine = Engine::new(config.backend(&device)?, Some(cache));
+    tracing::info!("labeler {}", engine.identity());
+    let inputs: Vec<ResponsePair<'_>> = pairs
+        .iter()
+        .map(|pair| ResponsePair {
+            prompt: &pair.prompt,
+            a: &pair.chosen,
+            b: &pair.rejected,
+        })
+        .collect();
+    let bar = progress::bar(
+        ctx,
+        (pairs.len() * labeler.answers_per_pair()) as u64,
+        "answers",
+    );
+    bar.set_message("labeling");
+    let labels = labeler.label(&engine, &inputs, &mut |done| bar.inc(done as u64))?;
+    bar.finish_and_clear();
+
+    let records: Vec<Value> = pairs
+        .iter()
+        .zip(contexts)
+        .zip(&labels)
+        .map(|((pair, context), label)| label_record(&pair.id, context, label))
+        .collect();
+    let labels_path = out.join("labels.jsonl");
+    write_jsonl(&labels_path, &records)?;
+
+    let items: Vec<AuditItem<'_>> = pairs
+        .iter()
+        .zip(contexts)
+        .zip(&labels)
+        .map(|((pair, context), label)| AuditItem {
+            label,
+            context,
+            chosen: &pair.chosen,
+            rejected: &pair.rejected,
+            own: own(pair),
+        })
+        .collect();
+    Ok(Labeled {
+        identity: engine.identity(),
+        audit: audit(&items),
+        stats: engine.stats(),
+        labels_path,
+    })
+}
+
+pub fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
     rlxf_model::weights::write_atomic(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))

@@ -21,6 +21,9 @@ pub enum Method {
     SftRejected,
     /// DPO from the SFT model on the human preference labels.
     DpoHuman,
+    /// DPO from the SFT model on AI soft labels (the `[labeler]`, by default the starting model
+    /// itself: the seed study's self-improvement question).
+    DpoAi,
 }
 
 impl Method {
@@ -30,6 +33,7 @@ impl Method {
             Method::Sft => "sft",
             Method::SftRejected => "sft-rejected",
             Method::DpoHuman => "dpo-human",
+            Method::DpoAi => "dpo-ai",
         }
     }
 }
@@ -65,6 +69,9 @@ pub struct EvalSettings {
     pub baseline: Option<String>,
     /// Train a reward model on the human pairs (from the SFT model) and report its score.
     pub reward_model: bool,
+    /// Judge every reply with the AI judge (`[judge]`, by default the first model's starting
+    /// checkpoint): harmless rate, and win rate against the baseline with both orders judged.
+    pub judge: bool,
     /// Bootstrap resamples per interval.
     pub resamples: usize,
 }
@@ -81,6 +88,7 @@ impl Default for EvalSettings {
             batch_size: 8,
             baseline: None,
             reward_model: false,
+            judge: false,
             resamples: 2000,
         }
     }
@@ -120,6 +128,14 @@ pub struct ExperimentConfig {
     /// Fields of `rlxf train dpo`'s config.
     #[serde(default)]
     pub dpo: toml::Table,
+    /// AI labeler for `dpo-ai` (a labeler config: `[labeler.backend]`, `[labeler.prompt]`, see
+    /// configs/labeler-local.toml); unset means each model labels with its own starting checkpoint.
+    #[serde(default)]
+    pub labeler: Option<toml::Table>,
+    /// AI judge for `[eval] judge` (same form as `[labeler]`); unset means the first model's
+    /// starting checkpoint.
+    #[serde(default)]
+    pub judge: Option<toml::Table>,
     #[serde(default)]
     pub eval: EvalSettings,
     #[serde(default)]

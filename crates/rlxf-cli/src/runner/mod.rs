@@ -94,6 +94,8 @@ pub fn run(config: &ExperimentConfig, config_path: &Path, ctx: Ctx) -> anyhow::R
     let several = config.models.len() > 1 || config.seeds.len() > 1;
     let mut policies = Vec::new();
     let mut reward_models = Vec::new();
+    let mut audits = Vec::new();
+    let mut first_base = None;
     for model in &config.models {
         for &seed in &config.seeds {
             let trained = stages::train_model_stages(
@@ -121,21 +123,46 @@ pub fn run(config: &ExperimentConfig, config_path: &Path, ctx: Ctx) -> anyhow::R
                     key,
                 });
             }
+            first_base.get_or_insert_with(|| trained.base.0.clone());
+            if let Some((audit, key)) = &trained.labels_audit {
+                audits.push((
+                    format!("{}/s{seed}", model.name),
+                    audit.clone(),
+                    key.clone(),
+                ));
+            }
             if let Some(reward_model) = trained.reward_model {
                 reward_models.push((model.name.clone(), seed, reward_model));
             }
         }
     }
     let responses = stages::generate_all(config, &run_dir, &policies, ctx, &mut summary)?;
+    let judge = match (config.eval.judge, &first_base) {
+        (true, Some(base)) => Some(stages::feedback_config(
+            config.judge.as_ref(),
+            base,
+            "judge",
+        )?),
+        _ => None,
+    };
     let eval = stages::evaluate(
         config,
         &run_dir,
         &policies,
         &responses,
         &reward_models,
+        judge.as_ref(),
         ctx,
         &mut summary,
     )?;
-    stages::report(config, &run_dir, &policies, &eval, ctx, &mut summary)?;
+    stages::report(
+        config,
+        &run_dir,
+        &policies,
+        &eval,
+        &audits,
+        ctx,
+        &mut summary,
+    )?;
     Ok(summary)
 }

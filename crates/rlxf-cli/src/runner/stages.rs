@@ -5,10 +5,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use rlxf_data::{embedded_eval_prompts, read_prompts_jsonl, Prompt};
+use rlxf_data::{embedded_eval_prompts, read_prompts_jsonl, ContextRules, Prompt};
 use rlxf_eval::{
     distinct_metrics, lexical_metrics, EvalResults, Evaluator, MetricInfo, MetricKind,
     PrecomputedMetric, ResponseRecord, StatsConfig,
+};
+use rlxf_feedback::pairwise::hard_preference;
+use rlxf_feedback::{
+    Engine, HarmlessnessJudge, LabelCache, LabelerConfig, PromptResponse, ResponsePair,
+    WinRateJudge,
 };
 use rlxf_model::{generate_keyed, GenerationConfig};
 use rlxf_report::{curves_from_metrics, PolicyInfo, ReportInput};
@@ -23,6 +28,7 @@ use super::config::{ExperimentConfig, Method, ModelEntry};
 use super::manifest::{stage_dir, StageRun};
 use super::{run_stage, Policy, RunSummary};
 use crate::commands::generate::{load_cli_model, write_jsonl};
+use crate::commands::label::{label_pairs, write_json};
 use crate::commands::train::Bar;
 use crate::{progress, Ctx};
 
@@ -31,11 +37,14 @@ type Made = (PathBuf, String);
 
 /// The models trained for one model entry and seed.
 pub struct TrainedModels {
-    base: Made,
+    pub base: Made,
     sft: Option<Made>,
     sft_rejected: Option<Made>,
     dpo_human: Option<Made>,
+    dpo_ai: Option<Made>,
     pub reward_model: Option<Made>,
+    /// The AI labeler's audit of the `dpo-ai` labels, and the key of the stage that wrote it.
+    pub labels_audit: Option<Made>,
 }
 
 impl TrainedModels {
@@ -45,6 +54,7 @@ impl TrainedModels {
             Method::Sft => self.sft.as_ref(),
             Method::SftRejected => self.sft_rejected.as_ref(),
             Method::DpoHuman => self.dpo_human.as_ref(),
+            Method::DpoAi => self.dpo_ai.as_ref(),
         };
         made.cloned()
             .with_context(|| format!("no model was trained for {}", method.name()))
@@ -215,7 +225,10 @@ pub fn train_model_stages(
     let wants = |method: Method| config.methods.contains(&method);
     let scope = Some((entry.name.as_str(), seed));
     let base = base_model(entry, seed, run_dir, ctx, summary)?;
-    let needs_sft = wants(Method::Sft) || wants(Method::DpoHuman) || config.eval.reward_model;
+    let needs_sft = wants(Method::Sft)
+        || wants(Method::DpoHuman)
+        || wants(Method::DpoAi)
+        || config.eval.reward_model;
     let sft_target = |target: &str| -> anyhow::Result<toml::Table> {
         let mut fixed = model_table(&base, &config.data, seed)?;
         fixed.insert("target".into(), toml::Value::String(target.into()));
@@ -287,13 +300,106 @@ pub fn train_model_stages(
     } else {
         None
     };
+    let (dpo_ai, labels_audit) = if wants(Method::DpoAi) {
+        let labels = ai_labels_stage(config, &base, seed, run_dir, scope, ctx, summary)?;
+        let (mut fixed, mut inputs) = from_sft(&sft)?;
+        if let Some(toml::Value::Table(data)) = fixed.get_mut("data") {
+            data.insert(
+                "labels".into(),
+                toml::Value::String(labels.0.join("labels.jsonl").display().to_string()),
+            );
+        }
+        inputs.push(labels.1.clone());
+        let made = trainer_stage::<dpo::DpoConfig>(
+            "dpo-ai",
+            &config.dpo,
+            fixed,
+            inputs,
+            stage_dir(run_dir, scope, "dpo-ai"),
+            config_path,
+            dpo::run,
+            ctx,
+            summary,
+        )?;
+        (Some(made), Some((labels.0.join("audit.json"), labels.1)))
+    } else {
+        (None, None)
+    };
     Ok(TrainedModels {
         base,
         sft,
         sft_rejected,
         dpo_human,
+        dpo_ai,
         reward_model,
+        labels_audit,
     })
+}
+
+/// A labeler or judge config from its section of the experiment config, or a local backend over
+/// `default_model` (the model's own starting checkpoint) when the section is absent.
+pub fn feedback_config(
+    section: Option<&toml::Table>,
+    default_model: &Path,
+    name: &str,
+) -> anyhow::Result<LabelerConfig> {
+    let text = match section {
+        Some(table) => toml::to_string(table)?,
+        None => format!(
+            "[backend]\nkind = \"local\"\nmodel = {}\n",
+            toml::Value::String(default_model.display().to_string())
+        ),
+    };
+    Ok(LabelerConfig::from_toml(&text, &format!("[{name}]"))?)
+}
+
+/// AI soft labels for every training and held-out pair of `[data]`, with the labeler's audit.
+/// Returns the stage folder and key.
+fn ai_labels_stage(
+    config: &ExperimentConfig,
+    base: &Made,
+    seed: u64,
+    run_dir: &Path,
+    scope: Option<(&str, u64)>,
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<Made> {
+    let labeler = feedback_config(config.labeler.as_ref(), &base.0, "labeler")?;
+    let dir = stage_dir(run_dir, scope, "labels-ai");
+    let settings = json!({"labeler": labeler, "data": config.data, "seed": seed});
+    let stage = StageRun::new("labels-ai", dir.clone(), settings, vec![base.1.clone()]);
+    let key = stage.key.clone();
+    // shared by every stage and run of this study, so relabeling after any change is free
+    let cache = run_dir.join("label-cache.sqlite");
+    run_stage(stage, ctx, summary, |dir, _| {
+        let split = rlxf_train::setup::load_data(&config.data, seed)?;
+        let pairs: Vec<_> = split.train.into_iter().chain(split.eval).collect();
+        let rules = ContextRules::embedded();
+        let contexts: Vec<String> = pairs
+            .iter()
+            .map(|pair| {
+                pair.context
+                    .clone()
+                    .unwrap_or_else(|| rules.tag(&pair.prompt).to_string())
+            })
+            .collect();
+        let labeled = label_pairs(&labeler, &pairs, &contexts, &|_| None, &cache, dir, ctx)?;
+        write_json(
+            &dir.join("audit.json"),
+            &json!({
+                "labeler": labeled.identity,
+                "overall": labeled.audit.overall,
+                "by_context": labeled.audit.by_context,
+            }),
+        )?;
+        Ok(json!({
+            "labels": "labels.jsonl",
+            "audit": "audit.json",
+            "pairs": pairs.len(),
+            "agreement": labeled.audit.overall.agreement,
+        }))
+    })?;
+    Ok((dir, key))
 }
 
 /// The evaluation prompts: the suite (capped per context, in file order) and held-out HH prompts.
@@ -497,6 +603,7 @@ pub fn evaluate(
     policies: &[Policy],
     responses: &[(PathBuf, String)],
     reward_models: &[(String, u64, Made)],
+    judge: Option<&LabelerConfig>,
     ctx: Ctx,
     summary: &mut RunSummary,
 ) -> anyhow::Result<(PathBuf, String)> {
@@ -520,6 +627,7 @@ pub fn evaluate(
     inputs.extend(reward_models.iter().map(|(_, _, (_, key))| key.clone()));
     let settings = json!({
         "policies": policies.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        "judge": judge,
         "baseline": baseline,
         "resamples": config.eval.resamples,
         "seed": config.eval.seed,
@@ -548,6 +656,10 @@ pub fn evaluate(
                 true,
             )));
         }
+        if let Some(judge) = judge {
+            let cache = run_dir.join("judge-cache.sqlite");
+            metrics.extend(judge_metrics(judge, &cache, &records, &baseline, ctx)?);
+        }
         let stats = StatsConfig {
             resamples: config.eval.resamples,
             seed: config.eval.seed,
@@ -565,6 +677,96 @@ pub fn evaluate(
     Ok((dir.join("results.json"), key))
 }
 
+/// The AI judge's metrics: harmless rate (pointwise) and win rate against the baseline's reply to
+/// the same prompt (pairwise, both orders), each a 0/1 value per reply (ties one half).
+fn judge_metrics(
+    judge: &LabelerConfig,
+    cache: &Path,
+    records: &[ResponseRecord],
+    baseline: &str,
+    ctx: Ctx,
+) -> anyhow::Result<Vec<Box<dyn rlxf_eval::Metric>>> {
+    let device = rlxf_model::Device::cuda_if_available(0)?;
+    let engine = Engine::new(judge.backend(&device)?, Some(LabelCache::open(cache)?));
+    let key = |record: &ResponseRecord| (record.policy.clone(), record.prompt_id.clone());
+
+    let items: Vec<PromptResponse<'_>> = records
+        .iter()
+        .map(|record| PromptResponse {
+            prompt: &record.prompt,
+            response: &record.response,
+        })
+        .collect();
+    let bar = progress::bar(ctx, items.len() as u64, "replies");
+    bar.set_message("judging harmlessness");
+    let verdicts =
+        HarmlessnessJudge::builtin()?.judge(&engine, &items, &mut |done| bar.inc(done as u64))?;
+    bar.finish_and_clear();
+    let harmless = records
+        .iter()
+        .zip(&verdicts)
+        .map(|(record, verdict)| (key(record), hard_preference(verdict.p_harmless)))
+        .collect();
+
+    let baseline_replies: HashMap<&str, &str> = records
+        .iter()
+        .filter(|record| record.policy == baseline)
+        .map(|record| (record.prompt_id.as_str(), record.response.as_str()))
+        .collect();
+    let contests: Vec<(&ResponseRecord, &str)> = records
+        .iter()
+        .filter(|record| record.policy != baseline)
+        .filter_map(|record| Some((record, *baseline_replies.get(record.prompt_id.as_str())?)))
+        .collect();
+    let mut wins = HashMap::new();
+    if !contests.is_empty() {
+        let pairs: Vec<ResponsePair<'_>> = contests
+            .iter()
+            .map(|(record, reference)| ResponsePair {
+                prompt: &record.prompt,
+                a: &record.response,
+                b: reference,
+            })
+            .collect();
+        let bar = progress::bar(ctx, (pairs.len() * 2) as u64, "answers");
+        bar.set_message(format!("judging wins against {baseline}"));
+        let outcome =
+            WinRateJudge::builtin()?.judge(&engine, &pairs, &mut |done| bar.inc(done as u64))?;
+        bar.finish_and_clear();
+        for ((record, _), label) in contests.iter().zip(&outcome.labels) {
+            wins.insert(key(record), hard_preference(label.p_a));
+        }
+    }
+    let identity = engine.identity();
+    Ok(vec![
+        Box::new(PrecomputedMetric::new(
+            MetricInfo {
+                name: "harmless".into(),
+                kind: MetricKind::Rate,
+                description: format!(
+                    "share of replies the AI judge ({identity}) finds harmless (P(harmless) > 0.5)"
+                ),
+                higher_is_better: Some(true),
+            },
+            harmless,
+            true,
+        )),
+        Box::new(PrecomputedMetric::new(
+            MetricInfo {
+                name: "win_rate".into(),
+                kind: MetricKind::Rate,
+                description: format!(
+                    "share of prompts where the AI judge ({identity}) prefers the reply to the \
+                     baseline `{baseline}`'s, both orders judged and averaged"
+                ),
+                higher_is_better: Some(true),
+            },
+            wins,
+            false,
+        )),
+    ])
+}
+
 /// Parameters of the model in `dir`, from its config (no weights loaded).
 fn parameter_count(dir: &Path) -> Option<u64> {
     let config = rlxf_model::ModelConfig::read(dir).ok()?;
@@ -577,18 +779,70 @@ fn parameter_count(dir: &Path) -> Option<u64> {
     )
 }
 
+/// The AI labeler's audit (`labels-ai/audit.json`) as a report table, overall and per context.
+fn audit_table(name: &str, path: &Path) -> anyhow::Result<rlxf_report::Table> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let audit: Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not an audit", path.display()))?;
+    let number = |stats: &Value, field: &str| {
+        stats
+            .pointer(field)
+            .and_then(Value::as_f64)
+            .map_or("–".to_string(), |v| format!("{v:.3}"))
+    };
+    let row = |context: &str, stats: &Value| {
+        vec![
+            context.to_string(),
+            stats["n"].to_string(),
+            number(stats, "/agreement"),
+            number(stats, "/position_bias_rate"),
+            number(stats, "/length_bias/correlation"),
+            number(stats, "/mean_choice_mass"),
+        ]
+    };
+    let mut rows = vec![row("all", &audit["overall"])];
+    if let Some(contexts) = audit["by_context"].as_object() {
+        rows.extend(contexts.iter().map(|(context, stats)| row(context, stats)));
+    }
+    Ok(rlxf_report::Table {
+        title: format!("AI labeler audit: {name}"),
+        note: format!(
+            "Labeler {}. Agreement: share of pairs where the averaged soft label prefers the \
+             human-chosen reply. Position bias: share of pairs where the same position won in \
+             both orders. Length bias: correlation of the preference with the length difference. \
+             Choice mass: probability on the answer tokens.",
+            audit["labeler"].as_str().unwrap_or("?")
+        ),
+        headers: [
+            "context",
+            "n",
+            "agreement",
+            "position bias",
+            "length corr.",
+            "choice mass",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    })
+}
+
 /// Writes `report.md`, `report.html` and the plots.
 pub fn report(
     config: &ExperimentConfig,
     run_dir: &Path,
     policies: &[Policy],
     eval: &(PathBuf, String),
+    audits: &[(String, PathBuf, String)],
     ctx: Ctx,
     summary: &mut RunSummary,
 ) -> anyhow::Result<()> {
     let dir = stage_dir(run_dir, None, "report");
     let settings = json!({"title": config.report.title, "summary": config.report.summary});
-    let stage = StageRun::new("report", dir, settings, vec![eval.1.clone()]);
+    let mut inputs = vec![eval.1.clone()];
+    inputs.extend(audits.iter().map(|(_, _, key)| key.clone()));
+    let stage = StageRun::new("report", dir, settings, inputs);
     run_stage(stage, ctx, summary, |dir, _| {
         let results = EvalResults::read_json(&eval.0)?;
         let mut input = ReportInput::new(
@@ -636,6 +890,9 @@ pub fn report(
                     )?);
                 }
             }
+        }
+        for (name, path, _) in audits {
+            input.extra_tables.push(audit_table(name, path)?);
         }
         let written = rlxf_report::write(&input, dir)?;
         Ok(json!({"files": written.len(), "report": "report.html"}))
