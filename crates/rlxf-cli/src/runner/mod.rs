@@ -145,16 +145,13 @@ pub fn run(config: &ExperimentConfig, config_path: &Path, ctx: Ctx) -> anyhow::R
         )?),
         _ => None,
     };
-    let eval = stages::evaluate(
-        config,
-        &run_dir,
-        &policies,
-        &responses,
-        &reward_models,
-        judge.as_ref(),
-        ctx,
-        &mut summary,
-    )?;
+    let inputs = stages::EvalInputs {
+        policies: &policies,
+        responses: &responses,
+        reward_models: &reward_models,
+        judge: judge.as_ref(),
+    };
+    let eval = stages::evaluate(config, &run_dir, inputs, ctx, &mut summary)?;
     stages::report(
         config,
         &run_dir,

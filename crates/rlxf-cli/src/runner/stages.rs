@@ -597,16 +597,29 @@ fn reward_scores(
 }
 
 /// Scores every policy's replies and aggregates per policy × context.
+/// What the evaluation stage scores.
+pub struct EvalInputs<'a> {
+    pub policies: &'a [Policy],
+    /// Each policy's responses file and the key of the stage that wrote it, in policy order.
+    pub responses: &'a [(PathBuf, String)],
+    /// Reward models by model name and seed.
+    pub reward_models: &'a [(String, u64, Made)],
+    pub judge: Option<&'a LabelerConfig>,
+}
+
 pub fn evaluate(
     config: &ExperimentConfig,
     run_dir: &Path,
-    policies: &[Policy],
-    responses: &[(PathBuf, String)],
-    reward_models: &[(String, u64, Made)],
-    judge: Option<&LabelerConfig>,
+    inputs: EvalInputs<'_>,
     ctx: Ctx,
     summary: &mut RunSummary,
 ) -> anyhow::Result<(PathBuf, String)> {
+    let EvalInputs {
+        policies,
+        responses,
+        reward_models,
+        judge,
+    } = inputs;
     let baseline = config
         .eval
         .baseline
@@ -623,8 +636,8 @@ pub fn evaluate(
         ))
         .into());
     }
-    let mut inputs: Vec<String> = responses.iter().map(|(_, key)| key.clone()).collect();
-    inputs.extend(reward_models.iter().map(|(_, _, (_, key))| key.clone()));
+    let mut input_keys: Vec<String> = responses.iter().map(|(_, key)| key.clone()).collect();
+    input_keys.extend(reward_models.iter().map(|(_, _, (_, key))| key.clone()));
     let settings = json!({
         "policies": policies.iter().map(|p| &p.name).collect::<Vec<_>>(),
         "judge": judge,
@@ -633,7 +646,7 @@ pub fn evaluate(
         "seed": config.eval.seed,
     });
     let dir = stage_dir(run_dir, None, "eval");
-    let stage = StageRun::new("eval", dir.clone(), settings, inputs);
+    let stage = StageRun::new("eval", dir.clone(), settings, input_keys);
     let key = stage.key.clone();
     run_stage(stage, ctx, summary, |dir, _| {
         let mut records = Vec::new();
