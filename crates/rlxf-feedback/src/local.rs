@@ -54,7 +54,7 @@ impl LocalBackend {
 
     /// Loads the model in `dir` (config.json, weights, tokenizer) in f32 on `device`.
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
-        let model = LoadedModel::load_dir(dir, device, DType::F32)?;
+        let model = LoadedModel::load_dir(dir, device, DType::F32)?.into_inference()?;
         let tokenizer = load_tokenizer(dir)?;
         let weights = rlxf_model::weights::find_weight_file(dir)?;
         let digest = rlxf_data::load::sha256_file(&weights)?;

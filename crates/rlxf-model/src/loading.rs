@@ -121,6 +121,26 @@ impl LoadedModel {
         })
     }
 
+    /// The same model for inference only: its layers read detached copies of the variables (the
+    /// same storage, no copy), so a forward pass records no autograd graph and frees each
+    /// intermediate tensor as soon as the next op has used it. Without this, every activation of
+    /// every layer stays alive until the output is dropped, which on long prompts costs gigabytes.
+    /// The variables stay in `varmap` (a scalar head still loads from them).
+    pub fn into_inference(self) -> Result<Self> {
+        let device = self.model.device().clone();
+        let detached: HashMap<String, Tensor> = {
+            let data = self.varmap.data().lock().expect("varmap lock");
+            data.iter()
+                .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+                .collect()
+        };
+        let model = build_model(
+            &self.config,
+            VarBuilder::from_tensors(detached, self.dtype, &device),
+        )?;
+        Ok(Self { model, ..self })
+    }
+
     /// Loads `config.json` and `model.safetensors` (or `pytorch_model.bin`) from a directory.
     pub fn load_dir(dir: &Path, device: &Device, dtype: DType) -> Result<Self> {
         let config = ModelConfig::read(dir)?;

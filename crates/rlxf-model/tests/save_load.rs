@@ -279,3 +279,17 @@ fn preset_configs_match_hf() {
     // 125,198,592 parameters, as `sum(p.numel() for p in model.parameters())` reports.
     assert_eq!(parameters, 125_198_592);
 }
+
+#[test]
+fn an_inference_model_gives_the_same_logits_without_an_autograd_graph() {
+    for config in [small_neo_config(), small_llama_config()] {
+        let trainable = random_model(config.clone(), 3, DType::F32);
+        let input = ids(&[&TOKENS]);
+        let trained_logits = trainable.forward(&input, None, None).unwrap();
+        assert!(trained_logits.track_op(), "a trainable model records its ops");
+        let inference = random_model(config, 3, DType::F32).into_inference().unwrap();
+        let logits = inference.forward(&input, None, None).unwrap();
+        assert!(!logits.track_op(), "the inference model must not record ops");
+        assert_eq!(max_abs_diff(&logits, &trained_logits), 0.0);
+    }
+}

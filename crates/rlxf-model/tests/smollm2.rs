@@ -104,7 +104,9 @@ fn smollm2_answers_in_chatml_and_stops_at_im_end() {
 #[test]
 fn converted_model_agrees_with_candle_quantized_gguf() {
     let Some(smol) = smollm2() else { return };
-    let gguf_path = smol.dir.join(gguf_file_name(&SMOLLM2_135M_INSTRUCT));
+    let gguf_path = smol
+        .dir
+        .join(gguf_file_name(&SMOLLM2_135M_INSTRUCT).expect("SmolLM2's wheel holds a GGUF"));
     if !gguf_path.is_file() {
         eprintln!(
             "skipping: {} is absent (only a fetch from the PyPI GGUF keeps it)",

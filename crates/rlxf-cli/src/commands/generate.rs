@@ -85,6 +85,7 @@ pub fn load_cli_model(source: &str) -> anyhow::Result<CliModel> {
     let dir = resolve_source(source).with_context(|| format!("cannot find model {source}"))?;
     let device = Device::cuda_if_available(0).context("cannot open the compute device")?;
     let model = LoadedModel::load_dir(&dir, &device, DType::F32)
+        .and_then(LoadedModel::into_inference)
         .with_context(|| format!("cannot load model from {}", dir.display()))?;
     let tokenizer = load_tokenizer(&dir)?;
     let template = ChatTemplate::for_model_dir(&dir)?;

