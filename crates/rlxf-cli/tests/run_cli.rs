@@ -38,6 +38,8 @@ fn run_study(runs: &Path, extra: &[&str]) -> Output {
         "eval.heldout_pairs=2",
         "eval.max_new_tokens=4",
         "eval.resamples=100",
+        "ppo.train.max_steps=1",
+        "ppo.rollout.max_new_tokens=4",
     ] {
         args.extend(["--set", setting]);
     }
@@ -81,7 +83,15 @@ fn a_study_runs_reuses_reruns_what_changed_and_resumes() {
             .unwrap();
     assert_eq!(
         results["policies"],
-        serde_json::json!(["sft", "sft-rejected", "dpo-human", "dpo-ai"])
+        serde_json::json!([
+            "sft",
+            "sft-rejected",
+            "dpo-human",
+            "dpo-ai",
+            "rlhf-ppo",
+            "rlaif-ppo",
+            "d-rlaif"
+        ])
     );
     // the AI labels DPO trained on, and the judge's metrics
     let seed_dir = run_dir.join("tiny/seed-1");
@@ -107,7 +117,7 @@ fn a_study_runs_reuses_reruns_what_changed_and_resumes() {
     let again = run_study(dir.path(), &[]);
     assert_ok(&again);
     let out = String::from_utf8_lossy(&again.stdout);
-    assert!(out.starts_with("0 stages run, 13 reused"), "{out}");
+    assert!(out.starts_with("0 stages run, 20 reused"), "{out}");
 
     // a changed generation setting reruns generation, eval and report only
     let changed = run_study(dir.path(), &["eval.max_new_tokens=3"]);

@@ -11,7 +11,7 @@ use rlxf_feedback::{
 use rlxf_train::rl::{
     AlgorithmParams, BuiltinRewards, RewardFactory, RewardQuery, RewardSource, RewardSpec, RlConfig,
 };
-use rlxf_train::TrainError;
+use rlxf_train::{RunOptions, TrainError, TrainObserver, TrainSummary};
 use serde_json::Value;
 
 use crate::commands::train::{load_run_config, Bar, TrainArgs};
@@ -56,6 +56,22 @@ pub fn run<P: AlgorithmParams>(args: TrainArgs, ctx: Ctx) -> anyhow::Result<()> 
         println!("model saved to {}", model.display());
     }
     Ok(())
+}
+
+/// Trains with the CLI's reward sources and returns what a trainer returns: how `rlxf run` calls
+/// an RL algorithm as one of its stages.
+pub(crate) fn train_stage<P: AlgorithmParams>(
+    config: &RlConfig<P>,
+    config_text: &str,
+    origin: &Path,
+    options: &RunOptions,
+    observer: &mut dyn TrainObserver,
+) -> rlxf_train::Result<TrainSummary> {
+    let rewards = CliRewards {
+        run_dir: config.output_dir.clone(),
+    };
+    rlxf_train::rl::run(config, config_text, origin, options, observer, &rewards)
+        .map(|summary| summary.train)
 }
 
 /// The library's reward sources plus the labeler's direct score.

@@ -24,6 +24,13 @@ pub enum Method {
     /// DPO from the SFT model on AI soft labels (the `[labeler]`, by default the starting model
     /// itself: the seed study's self-improvement question).
     DpoAi,
+    /// PPO from the SFT model against the reward model trained on the human labels.
+    RlhfPpo,
+    /// PPO from the SFT model against a reward model trained on the AI soft labels.
+    RlaifPpo,
+    /// PPO from the SFT model rewarded directly by the AI labeler's 1–10 score (Lee et al.'s
+    /// d-RLAIF, no reward model).
+    DRlaif,
 }
 
 impl Method {
@@ -34,6 +41,9 @@ impl Method {
             Method::SftRejected => "sft-rejected",
             Method::DpoHuman => "dpo-human",
             Method::DpoAi => "dpo-ai",
+            Method::RlhfPpo => "rlhf-ppo",
+            Method::RlaifPpo => "rlaif-ppo",
+            Method::DRlaif => "d-rlaif",
         }
     }
 }
@@ -128,6 +138,10 @@ pub struct ExperimentConfig {
     /// Fields of `rlxf train dpo`'s config.
     #[serde(default)]
     pub dpo: toml::Table,
+    /// Fields of `rlxf train ppo`'s config (the RL methods; model, prompts, rewards, output_dir
+    /// and train.seed are set by the run).
+    #[serde(default)]
+    pub ppo: toml::Table,
     /// AI labeler for `dpo-ai` (a labeler config: `[labeler.backend]`, `[labeler.prompt]`, see
     /// configs/labeler-local.toml); unset means each model labels with its own starting checkpoint.
     #[serde(default)]

@@ -17,6 +17,8 @@ use rlxf_feedback::{
 };
 use rlxf_model::{generate_keyed, GenerationConfig};
 use rlxf_report::{curves_from_metrics, PolicyInfo, ReportInput};
+use rlxf_train::rl::ppo::Ppo;
+use rlxf_train::rl::RlConfig;
 use rlxf_train::setup::{load_model, Lengths};
 use rlxf_train::{dpo, reward, sft, RunOptions, TrainObserver, TrainSummary};
 use serde::de::DeserializeOwned;
@@ -29,6 +31,7 @@ use super::manifest::{stage_dir, StageRun};
 use super::{run_stage, Policy, RunSummary};
 use crate::commands::generate::{load_cli_model, write_jsonl};
 use crate::commands::label::{label_pairs, write_json};
+use crate::commands::rl as rl_command;
 use crate::commands::train::Bar;
 use crate::{progress, Ctx};
 
@@ -42,6 +45,9 @@ pub struct TrainedModels {
     sft_rejected: Option<Made>,
     dpo_human: Option<Made>,
     dpo_ai: Option<Made>,
+    rlhf_ppo: Option<Made>,
+    rlaif_ppo: Option<Made>,
+    d_rlaif: Option<Made>,
     pub reward_model: Option<Made>,
     /// The AI labeler's audit of the `dpo-ai` labels, and the key of the stage that wrote it.
     pub labels_audit: Option<Made>,
@@ -55,6 +61,9 @@ impl TrainedModels {
             Method::SftRejected => self.sft_rejected.as_ref(),
             Method::DpoHuman => self.dpo_human.as_ref(),
             Method::DpoAi => self.dpo_ai.as_ref(),
+            Method::RlhfPpo => self.rlhf_ppo.as_ref(),
+            Method::RlaifPpo => self.rlaif_ppo.as_ref(),
+            Method::DRlaif => self.d_rlaif.as_ref(),
         };
         made.cloned()
             .with_context(|| format!("no model was trained for {}", method.name()))
@@ -225,9 +234,10 @@ pub fn train_model_stages(
     let wants = |method: Method| config.methods.contains(&method);
     let scope = Some((entry.name.as_str(), seed));
     let base = base_model(entry, seed, run_dir, ctx, summary)?;
-    let needs_sft = wants(Method::Sft)
-        || wants(Method::DpoHuman)
-        || wants(Method::DpoAi)
+    let needs_sft = config
+        .methods
+        .iter()
+        .any(|m| !matches!(m, Method::Base | Method::SftRejected))
         || config.eval.reward_model;
     let sft_target = |target: &str| -> anyhow::Result<toml::Table> {
         let mut fixed = model_table(&base, &config.data, seed)?;
@@ -268,7 +278,7 @@ pub fn train_model_stages(
         let sft = sft.as_ref().context("the SFT stage did not run")?;
         Ok((model_table(sft, &config.data, seed)?, vec![sft.1.clone()]))
     };
-    let reward_model = if config.eval.reward_model {
+    let reward_model = if config.eval.reward_model || wants(Method::RlhfPpo) {
         let (fixed, inputs) = from_sft(&sft)?;
         Some(trainer_stage::<reward::RewardConfig>(
             "rm",
@@ -300,8 +310,15 @@ pub fn train_model_stages(
     } else {
         None
     };
-    let (dpo_ai, labels_audit) = if wants(Method::DpoAi) {
-        let labels = ai_labels_stage(config, &base, seed, run_dir, scope, ctx, summary)?;
+    let labels = if wants(Method::DpoAi) || wants(Method::RlaifPpo) {
+        Some(ai_labels_stage(
+            config, &base, seed, run_dir, scope, ctx, summary,
+        )?)
+    } else {
+        None
+    };
+    // `[data]` with the AI soft labels, for the trainers that learn from them
+    let with_ai_labels = |labels: &Made| -> anyhow::Result<(toml::Table, Vec<String>)> {
         let (mut fixed, mut inputs) = from_sft(&sft)?;
         if let Some(toml::Value::Table(data)) = fixed.get_mut("data") {
             data.insert(
@@ -310,27 +327,128 @@ pub fn train_model_stages(
             );
         }
         inputs.push(labels.1.clone());
-        let made = trainer_stage::<dpo::DpoConfig>(
-            "dpo-ai",
-            &config.dpo,
+        Ok((fixed, inputs))
+    };
+    let dpo_ai = match (&labels, wants(Method::DpoAi)) {
+        (Some(labels), true) => {
+            let (fixed, inputs) = with_ai_labels(labels)?;
+            Some(trainer_stage::<dpo::DpoConfig>(
+                "dpo-ai",
+                &config.dpo,
+                fixed,
+                inputs,
+                stage_dir(run_dir, scope, "dpo-ai"),
+                config_path,
+                dpo::run,
+                ctx,
+                summary,
+            )?)
+        }
+        _ => None,
+    };
+    let rm_ai = match (&labels, wants(Method::RlaifPpo)) {
+        (Some(labels), true) => {
+            let (fixed, inputs) = with_ai_labels(labels)?;
+            Some(trainer_stage::<reward::RewardConfig>(
+                "rm-ai",
+                &config.rm,
+                fixed,
+                inputs,
+                stage_dir(run_dir, scope, "rm-ai"),
+                config_path,
+                reward::run,
+                ctx,
+                summary,
+            )?)
+        }
+        _ => None,
+    };
+    // PPO from the SFT model against `reward` (a `[[rewards]]` entry) made by `reward_input`.
+    let ppo_stage = |name: &str,
+                     reward: toml::Table,
+                     reward_input: String,
+                     summary: &mut RunSummary|
+     -> anyhow::Result<Made> {
+        let (mut fixed, mut inputs) = from_sft(&sft)?;
+        fixed.remove("data");
+        let mut prompts = toml::Table::new();
+        prompts.insert(
+            "source".into(),
+            toml::Value::String(config.data.train.clone()),
+        );
+        fixed.insert("prompts".into(), toml::Value::Table(prompts));
+        fixed.insert(
+            "rewards".into(),
+            toml::Value::Array(vec![toml::Value::Table(reward)]),
+        );
+        inputs.push(reward_input);
+        trainer_stage::<RlConfig<Ppo>>(
+            name,
+            &config.ppo,
             fixed,
             inputs,
-            stage_dir(run_dir, scope, "dpo-ai"),
+            stage_dir(run_dir, scope, name),
             config_path,
-            dpo::run,
+            rl_command::train_stage::<Ppo>,
             ctx,
             summary,
-        )?;
-        (Some(made), Some((labels.0.join("audit.json"), labels.1)))
-    } else {
-        (None, None)
+        )
     };
+    let model_reward = |made: &Made| {
+        let mut reward = toml::Table::new();
+        reward.insert("kind".into(), toml::Value::String("model".into()));
+        reward.insert(
+            "path".into(),
+            toml::Value::String(made.0.display().to_string()),
+        );
+        reward
+    };
+    let rlhf_ppo = match (&reward_model, wants(Method::RlhfPpo)) {
+        (Some(rm), true) => Some(ppo_stage(
+            "rlhf-ppo",
+            model_reward(rm),
+            rm.1.clone(),
+            summary,
+        )?),
+        _ => None,
+    };
+    let rlaif_ppo = match &rm_ai {
+        Some(rm) => Some(ppo_stage(
+            "rlaif-ppo",
+            model_reward(rm),
+            rm.1.clone(),
+            summary,
+        )?),
+        None => None,
+    };
+    let d_rlaif = if wants(Method::DRlaif) {
+        // the labeler's config as a file, which the direct reward reads
+        let labeler = feedback_config(config.labeler.as_ref(), &base.0, "labeler")?;
+        let text = toml::to_string(&labeler)?;
+        let path = stage_dir(run_dir, scope, "d-rlaif-labeler.toml");
+        std::fs::create_dir_all(path.parent().expect("a stage folder has a parent"))?;
+        rlxf_model::weights::write_atomic(&path, text.as_bytes())?;
+        let mut reward = toml::Table::new();
+        reward.insert("kind".into(), toml::Value::String("direct".into()));
+        reward.insert(
+            "labeler".into(),
+            toml::Value::String(path.display().to_string()),
+        );
+        let key = sha256_hex(format!("{}\n{text}", base.1).as_bytes());
+        Some(ppo_stage("d-rlaif", reward, key, summary)?)
+    } else {
+        None
+    };
+    let labels_audit = labels.map(|(dir, key)| (dir.join("audit.json"), key));
     Ok(TrainedModels {
         base,
         sft,
         sft_rejected,
         dpo_human,
         dpo_ai,
+        rlhf_ppo,
+        rlaif_ppo,
+        d_rlaif,
         reward_model,
         labels_audit,
     })
