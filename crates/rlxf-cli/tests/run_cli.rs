@@ -159,3 +159,56 @@ fn a_bad_config_exits_2_naming_the_field() {
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("nobody"));
 }
+
+#[test]
+fn self_improvement_rounds_chain_each_policy_into_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_study(
+        dir.path(),
+        &[
+            "methods=[\"sft\", \"self-improve\"]",
+            "eval.reward_model=false",
+            "eval.judge=false",
+            "eval.heldout_pairs=0",
+            "self_improve.rounds=2",
+            "self_improve.prompts_per_round=4",
+            "self_improve.max_new_tokens=4",
+        ],
+    );
+    assert_ok(&output);
+    let seed_dir = dir.path().join("study-tiny/tiny/seed-1");
+    for round in ["round-1", "round-2"] {
+        let round_dir = seed_dir.join("self-improve").join(round);
+        for step in ["samples", "labels", "rm", "ppo"] {
+            let manifest = round_dir.join(step).join("manifest.json");
+            assert!(manifest.is_file(), "{} missing", manifest.display());
+        }
+        let labels = std::fs::read_to_string(round_dir.join("labels/labels.jsonl")).unwrap();
+        assert_eq!(labels.lines().count(), 4, "one AI label per sampled pair");
+        let rm_config = std::fs::read_to_string(round_dir.join("rm/config.toml")).unwrap();
+        assert!(
+            rm_config.contains(&format!("{round}/samples/pairs.jsonl")),
+            "the round's reward model learns from its own samples: {rm_config}"
+        );
+    }
+    // round 2 starts from round 1's policy, round 1 from the SFT model
+    let ppo_config = |round: &str| {
+        std::fs::read_to_string(
+            seed_dir
+                .join("self-improve")
+                .join(round)
+                .join("ppo/config.toml"),
+        )
+        .unwrap()
+    };
+    assert!(ppo_config("round-1").contains("seed-1/sft/model"));
+    assert!(ppo_config("round-2").contains("round-1/ppo/model"));
+    let results: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("study-tiny/eval/results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        results["policies"],
+        serde_json::json!(["sft", "self-improve"])
+    );
+}

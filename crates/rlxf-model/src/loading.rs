@@ -45,7 +45,18 @@ pub struct LoadedModel {
     pub varmap: VarMap,
     pub model: DynCausalLm,
     dtype: DType,
+    /// The directory the model was loaded from, whose tokenizer files a save carries along.
+    source_dir: Option<PathBuf>,
 }
+
+/// Tokenizer and chat-template files a saved model takes from the directory it was loaded from,
+/// so a fine-tuned SmolLM2 keeps its tokenizer and ChatML template.
+const TOKENIZER_FILES: [&str; 4] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+];
 
 impl LoadedModel {
     /// Builds a model from checkpoint tensors (HF names, with or without the `transformer.` prefix);
@@ -118,6 +129,7 @@ impl LoadedModel {
             varmap,
             model,
             dtype,
+            source_dir: None,
         })
     }
 
@@ -146,7 +158,11 @@ impl LoadedModel {
         let config = ModelConfig::read(dir)?;
         let weight_file = weights::find_weight_file(dir)?;
         let tensors = weights::read_weight_file(&weight_file, device)?;
-        Self::from_tensors(config, tensors, &weight_file, device, dtype)
+        let model = Self::from_tensors(config, tensors, &weight_file, device, dtype)?;
+        Ok(Self {
+            source_dir: Some(dir.to_path_buf()),
+            ..model
+        })
     }
 
     pub fn dtype(&self) -> DType {
@@ -210,7 +226,29 @@ impl LoadedModel {
         weights::save_safetensors(
             &dir.join(weights::SAFETENSORS_FILE),
             &weights::varmap_tensors(&self.varmap),
-        )
+        )?;
+        self.copy_tokenizer_files(dir)
+    }
+
+    /// Copies the tokenizer files of the directory the model came from (those it has) into `dir`.
+    fn copy_tokenizer_files(&self, dir: &Path) -> Result<()> {
+        let Some(source) = &self.source_dir else {
+            return Ok(());
+        };
+        if source == dir {
+            return Ok(());
+        }
+        for name in TOKENIZER_FILES {
+            let from = source.join(name);
+            if from.is_file() {
+                let bytes = std::fs::read(&from).map_err(|source| ModelError::Io {
+                    path: from.clone(),
+                    source,
+                })?;
+                weights::write_atomic(&dir.join(name), &bytes)?;
+            }
+        }
+        Ok(())
     }
 }
 

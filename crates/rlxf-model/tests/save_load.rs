@@ -301,3 +301,31 @@ fn an_inference_model_gives_the_same_logits_without_an_autograd_graph() {
         assert_eq!(max_abs_diff(&logits, &trained_logits), 0.0);
     }
 }
+
+#[test]
+fn a_saved_model_keeps_the_tokenizer_files_of_the_directory_it_came_from() {
+    let temp = tempfile::tempdir().unwrap();
+    let source = temp.path().join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let fixture = common::fixture("tiny-llama");
+    for name in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture.join(name), source.join(name)).unwrap();
+    }
+    let tokenizer = r#"{"version": "1.0", "note": "any tokenizer file"}"#;
+    std::fs::write(source.join("tokenizer.json"), tokenizer).unwrap();
+
+    let saved = temp.path().join("saved");
+    load(&source).unwrap().save_pretrained(&saved).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(saved.join("tokenizer.json")).unwrap(),
+        tokenizer
+    );
+    assert_eq!(
+        std::fs::read(saved.join("generation_config.json")).unwrap(),
+        std::fs::read(fixture.join("generation_config.json")).unwrap()
+    );
+    assert!(
+        !saved.join("special_tokens_map.json").exists(),
+        "only files the source has"
+    );
+}

@@ -31,6 +31,9 @@ pub enum Method {
     /// PPO from the SFT model rewarded directly by the AI labeler's 1–10 score (Lee et al.'s
     /// d-RLAIF, no reward model).
     DRlaif,
+    /// Rounds of sampling, self-labeling, reward-model training and PPO from the SFT model (see
+    /// `[self_improve]`).
+    SelfImprove,
 }
 
 impl Method {
@@ -44,6 +47,7 @@ impl Method {
             Method::RlhfPpo => "rlhf-ppo",
             Method::RlaifPpo => "rlaif-ppo",
             Method::DRlaif => "d-rlaif",
+            Method::SelfImprove => "self-improve",
         }
     }
 }
@@ -142,6 +146,9 @@ pub struct ExperimentConfig {
     /// and train.seed are set by the run).
     #[serde(default)]
     pub ppo: toml::Table,
+    /// The `self-improve` method's rounds.
+    #[serde(default)]
+    pub self_improve: super::self_improve::SelfImproveSettings,
     /// AI labeler for `dpo-ai` (a labeler config: `[labeler.backend]`, `[labeler.prompt]`, see
     /// configs/labeler-local.toml); unset means each model labels with its own starting checkpoint.
     #[serde(default)]

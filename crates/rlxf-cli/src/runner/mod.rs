@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod manifest;
+mod self_improve;
 mod stages;
 
 use std::path::{Path, PathBuf};

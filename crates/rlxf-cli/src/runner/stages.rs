@@ -36,7 +36,7 @@ use crate::commands::train::Bar;
 use crate::{progress, Ctx};
 
 /// A model made by a stage: its folder and the stage's key.
-type Made = (PathBuf, String);
+pub(super) type Made = (PathBuf, String);
 
 /// The models trained for one model entry and seed.
 pub struct TrainedModels {
@@ -48,6 +48,7 @@ pub struct TrainedModels {
     rlhf_ppo: Option<Made>,
     rlaif_ppo: Option<Made>,
     d_rlaif: Option<Made>,
+    self_improved: Option<Made>,
     pub reward_model: Option<Made>,
     /// The AI labeler's audit of the `dpo-ai` labels, and the key of the stage that wrote it.
     pub labels_audit: Option<Made>,
@@ -64,13 +65,14 @@ impl TrainedModels {
             Method::RlhfPpo => self.rlhf_ppo.as_ref(),
             Method::RlaifPpo => self.rlaif_ppo.as_ref(),
             Method::DRlaif => self.d_rlaif.as_ref(),
+            Method::SelfImprove => self.self_improved.as_ref(),
         };
         made.cloned()
             .with_context(|| format!("no model was trained for {}", method.name()))
     }
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(super) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -149,7 +151,7 @@ fn merge(table: &mut toml::Table, key: &str, value: toml::Value) {
 /// Runs one trainer as a stage: the user's section of the experiment config, with the fields the
 /// run decides (`fixed`: model, output_dir, data, seed …) laid over it.
 #[allow(clippy::too_many_arguments)]
-fn trainer_stage<C: DeserializeOwned + Serialize>(
+pub(super) fn trainer_stage<C: DeserializeOwned + Serialize>(
     name: &str,
     section: &toml::Table,
     fixed: toml::Table,
@@ -204,7 +206,7 @@ fn trainer_stage<C: DeserializeOwned + Serialize>(
     Ok((dir.join("model"), key))
 }
 
-fn model_table(
+pub(super) fn model_table(
     model: &Made,
     data: &rlxf_train::setup::DataConfig,
     seed: u64,
@@ -363,46 +365,25 @@ pub fn train_model_stages(
         }
         _ => None,
     };
-    // PPO from the SFT model against `reward` (a `[[rewards]]` entry) made by `reward_input`.
-    let ppo_stage = |name: &str,
-                     reward: toml::Table,
-                     reward_input: String,
-                     summary: &mut RunSummary|
-     -> anyhow::Result<Made> {
-        let (mut fixed, mut inputs) = from_sft(&sft)?;
-        fixed.remove("data");
-        let mut prompts = toml::Table::new();
-        prompts.insert(
-            "source".into(),
-            toml::Value::String(config.data.train.clone()),
-        );
-        fixed.insert("prompts".into(), toml::Value::Table(prompts));
-        fixed.insert(
-            "rewards".into(),
-            toml::Value::Array(vec![toml::Value::Table(reward)]),
-        );
-        inputs.push(reward_input);
-        trainer_stage::<RlConfig<Ppo>>(
-            name,
-            &config.ppo,
-            fixed,
-            inputs,
-            stage_dir(run_dir, scope, name),
-            config_path,
-            rl_command::train_stage::<Ppo>,
-            ctx,
-            summary,
-        )
-    };
-    let model_reward = |made: &Made| {
-        let mut reward = toml::Table::new();
-        reward.insert("kind".into(), toml::Value::String("model".into()));
-        reward.insert(
-            "path".into(),
-            toml::Value::String(made.0.display().to_string()),
-        );
-        reward
-    };
+    let sft_model = || sft.as_ref().context("the SFT stage did not run");
+    let ppo_stage =
+        |name: &str, reward: toml::Table, reward_input: String, summary: &mut RunSummary| {
+            let stage = PpoStage {
+                name,
+                start: sft_model()?,
+                seed,
+                dir: stage_dir(run_dir, scope, name),
+            };
+            ppo_stage(
+                config,
+                config_path,
+                stage,
+                reward,
+                reward_input,
+                ctx,
+                summary,
+            )
+        };
     let rlhf_ppo = match (&reward_model, wants(Method::RlhfPpo)) {
         (Some(rm), true) => Some(ppo_stage(
             "rlhf-ppo",
@@ -439,6 +420,22 @@ pub fn train_model_stages(
     } else {
         None
     };
+    let self_improved = if wants(Method::SelfImprove) {
+        let sft = sft_model()?;
+        Some(super::self_improve::self_improve(
+            config,
+            config_path,
+            &base,
+            sft,
+            seed,
+            run_dir,
+            scope,
+            ctx,
+            summary,
+        )?)
+    } else {
+        None
+    };
     let labels_audit = labels.map(|(dir, key)| (dir.join("audit.json"), key));
     Ok(TrainedModels {
         base,
@@ -449,9 +446,65 @@ pub fn train_model_stages(
         rlhf_ppo,
         rlaif_ppo,
         d_rlaif,
+        self_improved,
         reward_model,
         labels_audit,
     })
+}
+
+/// A `[[rewards]]` entry for the reward model `made`.
+pub(super) fn model_reward(made: &Made) -> toml::Table {
+    let mut reward = toml::Table::new();
+    reward.insert("kind".into(), toml::Value::String("model".into()));
+    reward.insert(
+        "path".into(),
+        toml::Value::String(made.0.display().to_string()),
+    );
+    reward
+}
+
+/// Which PPO stage to run: its name and folder, the policy it starts from, the seed.
+pub(super) struct PpoStage<'a> {
+    pub name: &'a str,
+    pub start: &'a Made,
+    pub seed: u64,
+    pub dir: PathBuf,
+}
+
+/// PPO (the `[ppo]` section) from `stage.start` on the `[data]` prompts against `reward` (a
+/// `[[rewards]]` entry), whose maker's key is `reward_input`.
+pub(super) fn ppo_stage(
+    config: &ExperimentConfig,
+    config_path: &Path,
+    stage: PpoStage<'_>,
+    reward: toml::Table,
+    reward_input: String,
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<Made> {
+    let mut fixed = model_table(stage.start, &config.data, stage.seed)?;
+    fixed.remove("data");
+    let mut prompts = toml::Table::new();
+    prompts.insert(
+        "source".into(),
+        toml::Value::String(config.data.train.clone()),
+    );
+    fixed.insert("prompts".into(), toml::Value::Table(prompts));
+    fixed.insert(
+        "rewards".into(),
+        toml::Value::Array(vec![toml::Value::Table(reward)]),
+    );
+    trainer_stage::<RlConfig<Ppo>>(
+        stage.name,
+        &config.ppo,
+        fixed,
+        vec![stage.start.1.clone(), reward_input],
+        stage.dir,
+        config_path,
+        rl_command::train_stage::<Ppo>,
+        ctx,
+        summary,
+    )
 }
 
 /// A labeler or judge config from its section of the experiment config, or a local backend over
@@ -561,7 +614,7 @@ fn eval_prompts(config: &ExperimentConfig) -> anyhow::Result<Vec<Prompt>> {
 
 /// A random-stream key per prompt from its id, so a reply does not depend on which other prompts
 /// are evaluated or how they are batched.
-fn prompt_key(id: &str) -> u64 {
+pub(super) fn prompt_key(id: &str) -> u64 {
     let digest = Sha256::digest(id.as_bytes());
     u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
 }
