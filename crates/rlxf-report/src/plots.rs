@@ -150,11 +150,7 @@ fn metric_by_context(input: &ReportInput, info: &MetricInfo) -> Result<Plot> {
         let error = plot_error(&title);
         let (root, legend) = figure_areas(&mut svg, width, &error)?;
         let count = groups.len();
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&title, (FONT, 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
+        let mut chart = framed(&root, &title)
             .build_cartesian_2d(-0.5f64..(count as f64 - 0.5), y_low..y_high)
             .map_err(&error)?;
         let label_of = |x: &f64| {
@@ -228,6 +224,20 @@ fn metric_by_context(input: &ReportInput, info: &MetricInfo) -> Result<Plot> {
     })
 }
 
+/// A chart builder with the title, margins and axis-label room every figure uses.
+fn framed<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, (FONT, 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64);
+    builder
+}
+
 /// Width of the legend column right of every chart, so the legend never covers data.
 const LEGEND_WIDTH: u32 = 170;
 
@@ -274,11 +284,7 @@ fn training_curves(metric: &str, curves: &[&crate::Curve]) -> Result<Plot> {
     {
         let error = plot_error(&title);
         let (root, legend) = figure_areas(&mut svg, 720, &error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&title, (FONT, 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
+        let mut chart = framed(&root, &title)
             .build_cartesian_2d(x_low..x_high, y_low..y_high)
             .map_err(&error)?;
         chart
@@ -361,11 +367,7 @@ fn metric_by_size(input: &ReportInput) -> Result<Option<Plot>> {
     {
         let error = plot_error(&title);
         let (root, legend) = figure_areas(&mut svg, 720, &error)?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(&title, (FONT, 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
+        let mut chart = framed(&root, &title)
             .build_cartesian_2d((x_low..x_high).log_scale(), y_low..y_high)
             .map_err(&error)?;
         let tick = |y: &f64| y_tick(info.kind, *y);

@@ -141,14 +141,7 @@ pub fn run(args: LabelArgs, ctx: Ctx) -> anyhow::Result<()> {
     if pairs.is_empty() {
         return Err(BadInput(format!("{}: no preference pairs to label", args.pairs)).into());
     }
-    let contexts: Vec<String> = pairs
-        .iter()
-        .map(|pair| {
-            pair.context
-                .clone()
-                .unwrap_or_else(|| rules.tag(&pair.prompt).to_string())
-        })
-        .collect();
+    let contexts = context_tags(&pairs, &rules);
 
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
@@ -209,6 +202,18 @@ pub fn run(args: LabelArgs, ctx: Ctx) -> anyhow::Result<()> {
         audit_path.display()
     );
     Ok(())
+}
+
+/// Each pair's context tag: its own, or the one `rules` give its prompt.
+pub fn context_tags(pairs: &[PreferencePair], rules: &ContextRules) -> Vec<String> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.context
+                .clone()
+                .unwrap_or_else(|| rules.tag(&pair.prompt).to_string())
+        })
+        .collect()
 }
 
 /// What [`label_pairs`] produced.

@@ -26,7 +26,7 @@ use super::stages::{
 };
 use super::{run_stage, RunSummary};
 use crate::commands::generate::load_cli_model;
-use crate::commands::label::{label_pairs, write_json};
+use crate::commands::label::{context_tags, label_pairs, write_json};
 use crate::{progress, Ctx};
 
 /// `[self_improve]`: the loop of the `self-improve` method.
@@ -153,14 +153,7 @@ pub fn self_improve(
         run_stage(labels, ctx, summary, |dir, _| {
             let pairs = rlxf_data::load::read_pairs_jsonl(&pairs_path)?;
             let rules = ContextRules::embedded();
-            let contexts: Vec<String> = pairs
-                .iter()
-                .map(|pair| {
-                    pair.context
-                        .clone()
-                        .unwrap_or_else(|| rules.tag(&pair.prompt).to_string())
-                })
-                .collect();
+            let contexts = context_tags(&pairs, &rules);
             let labeled = label_pairs(
                 &labeler,
                 &pairs,

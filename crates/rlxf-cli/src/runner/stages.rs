@@ -30,7 +30,7 @@ use super::config::{ExperimentConfig, Method, ModelEntry};
 use super::manifest::{stage_dir, StageRun};
 use super::{run_stage, Policy, RunSummary};
 use crate::commands::generate::{load_cli_model, write_jsonl};
-use crate::commands::label::{label_pairs, write_json};
+use crate::commands::label::{context_tags, label_pairs, write_json};
 use crate::commands::rl as rl_command;
 use crate::commands::train::Bar;
 use crate::{progress, Ctx};
@@ -241,38 +241,29 @@ pub fn train_model_stages(
         .iter()
         .any(|m| !matches!(m, Method::Base | Method::SftRejected))
         || config.eval.reward_model;
-    let sft_target = |target: &str| -> anyhow::Result<toml::Table> {
+    // SFT from the starting model on the `target` reply of every pair, as stage `name`
+    let sft_stage = |name: &str, target: &str, summary: &mut RunSummary| -> anyhow::Result<Made> {
         let mut fixed = model_table(&base, &config.data, seed)?;
         fixed.insert("target".into(), toml::Value::String(target.into()));
-        Ok(fixed)
-    };
-    let sft = if needs_sft {
-        Some(trainer_stage::<sft::SftConfig>(
-            "sft",
+        trainer_stage::<sft::SftConfig>(
+            name,
             &config.sft,
-            sft_target("chosen")?,
+            fixed,
             vec![base.1.clone()],
-            stage_dir(run_dir, scope, "sft"),
+            stage_dir(run_dir, scope, name),
             config_path,
             sft::run,
             ctx,
             summary,
-        )?)
+        )
+    };
+    let sft = if needs_sft {
+        Some(sft_stage("sft", "chosen", summary)?)
     } else {
         None
     };
     let sft_rejected = if wants(Method::SftRejected) {
-        Some(trainer_stage::<sft::SftConfig>(
-            "sft-rejected",
-            &config.sft,
-            sft_target("rejected")?,
-            vec![base.1.clone()],
-            stage_dir(run_dir, scope, "sft-rejected"),
-            config_path,
-            sft::run,
-            ctx,
-            summary,
-        )?)
+        Some(sft_stage("sft-rejected", "rejected", summary)?)
     } else {
         None
     };
@@ -546,14 +537,7 @@ fn ai_labels_stage(
         let split = rlxf_train::setup::load_data(&config.data, seed)?;
         let pairs: Vec<_> = split.train.into_iter().chain(split.eval).collect();
         let rules = ContextRules::embedded();
-        let contexts: Vec<String> = pairs
-            .iter()
-            .map(|pair| {
-                pair.context
-                    .clone()
-                    .unwrap_or_else(|| rules.tag(&pair.prompt).to_string())
-            })
-            .collect();
+        let contexts = context_tags(&pairs, &rules);
         let labeled = label_pairs(&labeler, &pairs, &contexts, &|_| None, &cache, dir, ctx)?;
         write_json(
             &dir.join("audit.json"),
