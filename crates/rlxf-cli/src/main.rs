@@ -23,6 +23,16 @@ struct Cli {
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 
+    /// Worker threads for all tensor math [default: RAYON_NUM_THREADS if set, else the CPUs this
+    /// process may use].
+    #[arg(
+        long,
+        global = true,
+        value_name = "N",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
+    threads: Option<usize>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -61,12 +71,38 @@ enum Command {
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx {
     pub quiet: bool,
+    /// Worker threads every command computes with (`--threads`).
+    pub threads: usize,
+}
+
+/// Training allocates and frees tensors of up to hundreds of megabytes every step. glibc's malloc
+/// maps each one afresh and unmaps it on free, so every step page-faults its whole working set in
+/// again (a quarter of the CPU time went to the kernel, millions of faults per step); mimalloc
+/// with purging off keeps freed memory for the next step's tensors (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc's `mi_option_e` (v3 `include/mimalloc.h`; the Rust crate
+/// exports no constant for it, hence the pinned `libmimalloc-sys` version).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Never hand freed memory back to the OS (`-1`): the default 10 ms delay purges between training
+/// steps, and the next step faults every page in again.
+fn keep_freed_memory() {
+    // SAFETY: sets a process-wide allocator option; mimalloc reads options atomically.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
+    let threads = use_threads(cli.threads);
     init_logging(cli.quiet, cli.verbose);
-    let ctx = Ctx { quiet: cli.quiet };
+    tracing::debug!("computing with {threads} worker threads");
+    let ctx = Ctx {
+        quiet: cli.quiet,
+        threads,
+    };
     let result = match cli.command {
         Command::Run(args) => commands::run::run(args, ctx),
         Command::Data(cmd) => commands::data::run(cmd, ctx),
@@ -86,6 +122,28 @@ fn main() -> ExitCode {
             ExitCode::from(commands::exit_code(&err))
         }
     }
+}
+
+/// Sizes every thread pool the tensor math runs on, before any of them starts: rayon's global
+/// pool (gemm's matmuls, rlxf's kernels) and candle's own pools, which read RAYON_NUM_THREADS and
+/// CANDLE_NUM_THREADS when first used. Returns the thread count.
+fn use_threads(flag: Option<usize>) -> usize {
+    let threads = flag
+        .or_else(|| {
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|value| value.parse().ok())
+                .filter(|&threads| threads > 0)
+        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    for variable in ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"] {
+        std::env::set_var(variable, threads.to_string());
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .expect("the global thread pool is built once, before any parallel work");
+    threads
 }
 
 fn init_logging(quiet: bool, verbose: u8) {

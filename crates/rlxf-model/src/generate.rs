@@ -175,32 +175,40 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
     }
 
     let device = model.device();
+    let max_context = model.max_context();
     let padded_len = prompts.iter().map(Vec::len).max().unwrap_or(0);
     let mut input = Vec::with_capacity(prompts.len() * padded_len);
-    let mut mask_rows: Vec<Vec<u32>> = Vec::with_capacity(prompts.len());
+    // Left padding of the row at each batch position; the attention mask is rebuilt from it.
+    let mut padding: Vec<usize> = Vec::with_capacity(prompts.len());
     for prompt in prompts {
-        let padding = padded_len - prompt.len();
-        input.extend(std::iter::repeat_n(tokenizer.pad_id(), padding));
+        let pad = padded_len - prompt.len();
+        input.extend(std::iter::repeat_n(tokenizer.pad_id(), pad));
         input.extend_from_slice(prompt);
-        let mut mask = vec![0u32; padding];
-        mask.resize(padded_len, 1);
-        mask_rows.push(mask);
+        padding.push(pad);
     }
     let input = Tensor::from_vec(input, (prompts.len(), padded_len), device)?;
     let mut cache = model.new_cache();
-    let mut next_logits = last_position_logits(model, &input, &mask_rows, &mut cache)?;
+    // The last generated token is never fed back, and no row outlives the context.
+    cache.reserve((padded_len + config.max_new_tokens - 1).min(max_context))?;
+    let mut next_logits = last_position_logits(model, &input, &padding, &mut cache)?;
 
     let sampling = config.sampling();
-    let max_context = model.max_context();
+    let vocab = model.vocab_size();
     // `active[j]` is the row at batch position `j`.
     let mut active: Vec<usize> = (0..rows.len()).collect();
     let mut finished: Vec<Option<FinishReason>> = vec![None; rows.len()];
     while !active.is_empty() {
-        let logits_rows = next_logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        let logits_rows = next_logits
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let mut still_active = Vec::with_capacity(active.len());
-        for (batch_pos, &row_index) in active.iter().enumerate() {
+        for (batch_pos, (&row_index, logits)) in active
+            .iter()
+            .zip(logits_rows.chunks_exact(vocab))
+            .enumerate()
+        {
             let row = &mut rows[row_index];
-            let logits = &logits_rows[batch_pos];
             let token = next_token(logits, &sampling, &mut row.rng);
             row.token_ids.push(token);
             row.logprobs.push(log_softmax_at(logits, token as usize));
@@ -213,15 +221,10 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
             break;
         }
         if still_active.len() < active.len() {
-            drop_finished_rows(&mut cache, model.num_layers(), &still_active, device)?;
-            mask_rows = still_active
-                .iter()
-                .map(|&pos| std::mem::take(&mut mask_rows[pos]))
-                .collect();
+            // Finished rows leave the batch and the cache, so the others stop paying for them.
+            cache.select_rows(&still_active)?;
+            padding = still_active.iter().map(|&pos| padding[pos]).collect();
             active = still_active.iter().map(|&pos| active[pos]).collect();
-        }
-        for mask in &mut mask_rows {
-            mask.push(1);
         }
         let last_tokens: Vec<u32> = active
             .iter()
@@ -233,7 +236,7 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
             })
             .collect();
         let input = Tensor::from_vec(last_tokens, (active.len(), 1), device)?;
-        next_logits = last_position_logits(model, &input, &mask_rows, &mut cache)?;
+        next_logits = last_position_logits(model, &input, &padding, &mut cache)?;
     }
 
     rows.into_iter()
@@ -283,38 +286,22 @@ fn validate_prompts<M: CausalLm + ?Sized>(
 fn last_position_logits<M: CausalLm + ?Sized>(
     model: &M,
     input: &Tensor,
-    mask_rows: &[Vec<u32>],
+    padding: &[usize],
     cache: &mut KvCache,
 ) -> Result<Tensor> {
     let seq = input.dim(1)?;
-    let mask = mask_tensor(mask_rows, model.device())?;
+    let mask = attention_mask(padding, cache.seq_len() + seq, model.device())?;
     let hidden = model.hidden_states(input, Some(&mask), Some(cache))?;
     model.logits_from_hidden(&hidden.i((.., seq - 1, ..))?.contiguous()?)
 }
 
-fn mask_tensor(mask_rows: &[Vec<u32>], device: &candle_core::Device) -> Result<Tensor> {
-    let width = mask_rows[0].len();
-    let flat: Vec<u32> = mask_rows.iter().flatten().copied().collect();
-    Ok(Tensor::from_vec(flat, (mask_rows.len(), width), device)?)
-}
-
-/// Keeps only the batch positions `keep` in every cached layer.
-fn drop_finished_rows(
-    cache: &mut KvCache,
-    num_layers: usize,
-    keep: &[usize],
-    device: &candle_core::Device,
-) -> Result<()> {
-    let keep: Vec<u32> = keep.iter().map(|&pos| pos as u32).collect();
-    let keep = Tensor::new(keep.as_slice(), device)?;
-    for layer in 0..num_layers {
-        if let Some((keys, values)) = cache.layer(layer) {
-            let keys = keys.index_select(&keep, 0)?;
-            let values = values.index_select(&keep, 0)?;
-            cache.set_layer(layer, keys, values);
-        }
-    }
-    Ok(())
+/// `[batch, width]` mask of rows whose first `padding[row]` positions are padding.
+fn attention_mask(padding: &[usize], width: usize, device: &candle_core::Device) -> Result<Tensor> {
+    let flat: Vec<u32> = padding
+        .iter()
+        .flat_map(|&pad| (0..width).map(move |position| u32::from(position >= pad)))
+        .collect();
+    Ok(Tensor::from_vec(flat, (padding.len(), width), device)?)
 }
 
 /// The generation state of one prompt.

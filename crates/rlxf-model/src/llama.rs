@@ -5,9 +5,9 @@
 //! head that is either tied to the token embedding or its own `lm_head.weight`. Tensor names match
 //! the HF checkpoint (`model.layers.N.self_attn.q_proj.weight`, ...).
 //!
-//! Like the GPT decoders, everything is built from candle operations that have a backward pass
-//! (`rms_norm_slow`, the generic softmax, rotary embeddings written out), so the same forward
-//! serves inference and training.
+//! Like the GPT decoders, everything has a backward pass (the fused RMS norm and attention softmax
+//! of [`crate::fused_ops`], rotary embeddings written out), so the same forward serves inference
+//! and training.
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
@@ -15,6 +15,7 @@ use candle_nn::{Init, VarBuilder};
 use crate::causal_lm::{CausalLm, KvCache};
 use crate::config::LlamaConfig;
 use crate::error::Result;
+use crate::fused_ops;
 use crate::transformer_blocks::{
     attend, embed, extend_cache, matmul_last_dim, split_heads, Affine, MaskBuilder, WeightLayout,
 };
@@ -34,12 +35,8 @@ impl RmsNorm {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // The composed ("slow") form: the fused `rms_norm` has no backward pass.
-        Ok(candle_nn::ops::rms_norm_slow(
-            x,
-            &self.weight,
-            self.eps as f32,
-        )?)
+        // Not candle's `rms_norm`, which has no backward pass.
+        fused_ops::rms_norm(x, &self.weight, self.eps)
     }
 }
 
@@ -196,7 +193,7 @@ impl Mlp {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gated = (self.gate_proj.forward(x)?.silu()? * self.up_proj.forward(x)?)?;
+        let gated = fused_ops::swiglu(&self.gate_proj.forward(x)?, &self.up_proj.forward(x)?)?;
         self.down_proj.forward(&gated)
     }
 }

@@ -9,6 +9,7 @@ use candle_core::{DType, Device, Tensor, D};
 
 use crate::causal_lm::CausalLm;
 use crate::error::{ModelError, Result};
+use crate::fused_ops;
 
 /// Where padding goes in a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,10 +187,8 @@ pub fn continuation_logprobs(
         DType::F64 => DType::F64,
         _ => DType::F32,
     };
-    let log_probs = candle_nn::ops::log_softmax(&logits.to_dtype(dtype)?, D::Minus1)?;
     let mask = batch.continuation_mask.to_dtype(dtype)?;
-    let picked = log_probs
-        .gather(&batch.targets, 1)?
+    let picked = fused_ops::token_logprobs(&logits.to_dtype(dtype)?, &batch.targets)?
         .reshape((rows, max_continuation))?;
     Ok(ContinuationLogProbs {
         logprobs: (picked * &mask)?,

@@ -3,19 +3,22 @@
 //! token embedding. The architectures differ only in how attention projects queries, keys and values
 //! ([`QkvProjection`]), whether scores are scaled and whether a layer attends over a sliding window.
 //!
-//! Everything here is built from candle operations that have a backward pass (no fused
-//! `softmax_last_dim` / `layer_norm`), so the same forward serves inference and training.
+//! Everything here has a backward pass (candle operations, plus the fused layer norm, attention
+//! softmax and GELU of [`crate::fused_ops`] instead of candle's backward-less `softmax_last_dim` /
+//! `layer_norm`), so the same forward serves inference and training.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::causal_lm::{CausalLm, KvCache};
 use crate::config::Activation;
 use crate::error::{ModelError, Result};
+use crate::fused_ops;
+use crate::skinny_matmul;
 
 /// Added to the scores of positions a query must not see. Finite (HF uses `finfo(float32).min` too),
 /// so a row with every position masked (a padding query) gives a uniform softmax instead of NaNs
@@ -39,12 +42,7 @@ impl LayerNorm {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm_slow(
-            x,
-            &self.weight,
-            &self.bias,
-            self.eps as f32,
-        )?)
+        fused_ops::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -103,14 +101,15 @@ impl Affine {
     }
 }
 
-/// `x @ weight` for `x` of any rank, as one 2-D matmul (faster than a broadcast batched matmul).
+/// `x @ weight` for `x` of any rank, as one 2-D matmul (faster than a broadcast batched matmul);
+/// the few rows of a generation step go through [`skinny_matmul`], which uses every thread.
 pub(crate) fn matmul_last_dim(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let in_dim = *dims
         .last()
         .expect("matmul input has at least one dimension");
     let rows = x.elem_count() / in_dim;
-    let output = x.reshape((rows, in_dim))?.matmul(weight)?;
+    let output = skinny_matmul::matmul(&x.reshape((rows, in_dim))?, weight)?;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("non-empty") = output.dim(1)?;
     Ok(output.reshape(out_dims)?)
@@ -144,10 +143,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let hidden = self.c_fc.forward(x)?;
-        let hidden = match self.activation {
-            Activation::GeluTanh => hidden.gelu()?,
-            Activation::GeluErf => hidden.gelu_erf()?,
-        };
+        let hidden = fused_ops::gelu(&hidden, self.activation)?;
         self.c_proj.forward(&hidden)
     }
 }
@@ -220,20 +216,18 @@ pub(crate) fn split_heads(
 }
 
 /// Appends this step's keys and values (`[batch, kv_heads, seq, head_dim]`) to the layer's slot of
-/// the cache and returns the keys and values of every position so far.
+/// the cache and returns the keys and values of every position so far: with a cache, views into
+/// its buffers (contiguous per head, strided across heads, which candle's batched matmul takes
+/// without a copy).
 pub(crate) fn extend_cache(
     cache: Option<(&mut KvCache, usize)>,
-    mut key: Tensor,
-    mut value: Tensor,
+    key: Tensor,
+    value: Tensor,
 ) -> Result<(Tensor, Tensor)> {
-    if let Some((cache, layer)) = cache {
-        if let Some((past_key, past_value)) = cache.layer(layer) {
-            key = Tensor::cat(&[past_key, &key], 2)?;
-            value = Tensor::cat(&[past_value, &value], 2)?;
-        }
-        cache.set_layer(layer, key.clone(), value.clone());
+    match cache {
+        Some((cache, layer)) => cache.append(layer, &key, &value),
+        None => Ok((key, value)),
     }
-    Ok((key, value))
 }
 
 /// `softmax(q k^T * scale + mask) v` for `[batch, heads, seq, head_dim]` queries and keys/values
@@ -248,14 +242,11 @@ pub(crate) fn attend(
     let (batch, heads, seq, head_dim) = query.dims4()?;
     // Like HF, compute scores and softmax in at least f32 even for half-precision weights.
     let score_dtype = score_dtype(value.dtype());
-    let mut scores = query
+    let scores = query
         .to_dtype(score_dtype)?
         .matmul(&key.to_dtype(score_dtype)?.t()?)?;
-    if let Some(scale) = scale {
-        scores = (scores * scale)?;
-    }
-    let scores = scores.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(value.dtype())?;
+    let probs =
+        fused_ops::masked_softmax(&scores, mask, scale.unwrap_or(1.0))?.to_dtype(value.dtype())?;
     Ok(probs
         .matmul(value)?
         .transpose(1, 2)?

@@ -91,13 +91,10 @@ impl CausalLm for MockLm {
             }
         }
         let new_keys = Tensor::from_vec(new_keys, (batch, 1, seq, 2), &self.device)?;
-        let keys = match cache.as_ref().and_then(|cache| cache.layer(0)) {
-            Some((cached, _)) => Tensor::cat(&[cached, &new_keys], 2)?,
+        let keys = match cache {
+            Some(cache) => cache.append(0, &new_keys, &new_keys)?.0,
             None => new_keys,
         };
-        if let Some(cache) = cache {
-            cache.set_layer(0, keys.clone(), keys.clone());
-        }
         let keys: Vec<Vec<Vec<f32>>> = keys.squeeze(1)?.to_vec3()?;
         let mut hidden = Vec::with_capacity(batch * seq * HIDDEN);
         for row in 0..batch {

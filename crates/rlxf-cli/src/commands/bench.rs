@@ -36,10 +36,6 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     steps: usize,
 
-    /// Worker threads for rlxf and for the reference (RAYON_NUM_THREADS / torch.set_num_threads).
-    #[arg(long, default_value_t = 2)]
-    threads: usize,
-
     /// Run only one kind of workload.
     #[arg(long, value_enum)]
     only: Option<WorkloadKind>,
@@ -51,6 +47,12 @@ pub struct BenchArgs {
     /// Python interpreter with torch and transformers installed.
     #[arg(long, default_value = "python3")]
     python: String,
+
+    /// Training precisions the reference runs the `train` workload in, comma-separated: `f32`
+    /// and `bf16` (autocast). bf16 autocast is emulated, and very slow, on CPUs without
+    /// AVX512-BF16/AMX.
+    #[arg(long, default_value = "f32,bf16")]
+    reference_precisions: String,
 
     /// Skip the PyTorch reference (rlxf numbers only).
     #[arg(long)]
@@ -181,7 +183,7 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
         if !ctx.quiet {
             eprintln!("rlxf: {workload:?} batch {batch} seq {seq} ...");
         }
-        ours.push(run_child(&args, workload, batch, seq)?);
+        ours.push(run_child(&args, ctx.threads, workload, batch, seq)?);
     }
     let reference = if args.no_reference {
         Vec::new()
@@ -189,7 +191,7 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
         if !ctx.quiet {
             eprintln!("reference: {} ...", args.reference.display());
         }
-        run_reference(&args)?
+        run_reference(&args, ctx.threads)?
     };
     print_table(&ours, &reference);
     if let Some(out) = &args.out {
@@ -199,7 +201,7 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
                 let mut value = serde_json::to_value(result)?;
                 value["engine"] = engine.into();
                 value["size"] = args.size.name().into();
-                value["threads"] = args.threads.into();
+                value["threads"] = ctx.threads.into();
                 lines.push_str(&serde_json::to_string(&value)?);
                 lines.push('\n');
             }
@@ -232,8 +234,10 @@ fn workloads(only: Option<WorkloadKind>) -> Vec<(WorkloadKind, usize, usize)> {
     list
 }
 
+/// Runs one workload in a child process with `threads` worker threads.
 fn run_child(
     args: &BenchArgs,
+    threads: usize,
     workload: WorkloadKind,
     batch: usize,
     seq: usize,
@@ -255,13 +259,7 @@ fn run_child(
             "--batch",
             &batch.to_string(),
         ])
-        .args([
-            "--seq",
-            &seq.to_string(),
-            "--threads",
-            &args.threads.to_string(),
-        ])
-        .env("RAYON_NUM_THREADS", args.threads.to_string())
+        .args(["--seq", &seq.to_string(), "--threads", &threads.to_string()])
         .output()
         .context("starting the benchmark child process")?;
     if !output.status.success() {
@@ -282,13 +280,14 @@ fn parse_result_line(stdout: &str) -> anyhow::Result<BenchResult> {
     serde_json::from_str(line).with_context(|| format!("parsing benchmark result {line}"))
 }
 
-fn run_reference(args: &BenchArgs) -> anyhow::Result<Vec<BenchResult>> {
+/// Runs the PyTorch reference with `threads` threads (`torch.set_num_threads`).
+fn run_reference(args: &BenchArgs, threads: usize) -> anyhow::Result<Vec<BenchResult>> {
     let mut command = Command::new(&args.python);
     command
         .arg(&args.reference)
         .args([
             "--threads",
-            &args.threads.to_string(),
+            &threads.to_string(),
             "--steps",
             &args.steps.to_string(),
         ])
@@ -298,7 +297,8 @@ fn run_reference(args: &BenchArgs) -> anyhow::Result<Vec<BenchResult>> {
             "--prompt-len",
             &PROMPT_LEN.to_string(),
         ])
-        .args(["--new-tokens", &NEW_TOKENS.to_string()]);
+        .args(["--new-tokens", &NEW_TOKENS.to_string()])
+        .args(["--precisions", &args.reference_precisions]);
     if let Some(only) = args.only {
         command.args(["--only", only.name()]);
     }
@@ -377,10 +377,15 @@ fn bench_train(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let targets = ids.narrow(1, 1, args.seq - 1)?.flatten_all()?;
     let mut optimizer = AdamW::new(named_params(&model.varmap), AdamWConfig::default())?;
     let mut step = || -> anyhow::Result<()> {
-        // Like transformers: logits for all `seq` positions, the last one has no target.
-        let logits = model.forward(&ids, None, None)?;
-        let predicting = logits.narrow(1, 0, args.seq - 1)?.flatten_to(1)?;
-        let loss = candle_nn::loss::cross_entropy(&predicting, &targets)?;
+        // The LM head runs on the `seq - 1` positions that have a target (transformers computes
+        // logits for all `seq` and drops the last), and the loss is the fused token log-prob
+        // kernel the trainers use.
+        let hidden = model.hidden_states(&ids, None, None)?;
+        let predicting = hidden.narrow(1, 0, args.seq - 1)?.flatten_to(1)?;
+        let logits = model.logits_from_hidden(&predicting)?;
+        let loss = rlxf_model::fused_ops::token_logprobs(&logits, &targets)?
+            .mean_all()?
+            .neg()?;
         let grads = loss.backward()?;
         let grads = optimizer.gradients(&grads);
         optimizer.step(&grads, 1e-5, 1.0)?;

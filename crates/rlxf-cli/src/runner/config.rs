@@ -88,7 +88,14 @@ pub struct EvalSettings {
     pub judge: bool,
     /// Bootstrap resamples per interval.
     pub resamples: usize,
+    /// Sentence encoder of the semantic metrics (`support_similarity`, `embedding_diversity`): a
+    /// registered encoder (`all-minilm-l6-v2`, fetched into the model cache on first use), a
+    /// directory of a BERT sentence encoder in Hugging Face format, or `none` to leave them out.
+    pub encoder: String,
 }
+
+/// `[eval] encoder` value that turns the semantic metrics off.
+pub const NO_ENCODER: &str = "none";
 
 impl Default for EvalSettings {
     fn default() -> Self {
@@ -104,6 +111,9 @@ impl Default for EvalSettings {
             reward_model: false,
             judge: false,
             resamples: 2000,
+            // The metrics the seed's supportiveness question needs, on the encoder they were
+            // validated with (rlxf-eval's MiniLM tests); a study that cannot fetch it says "none".
+            encoder: rlxf_model::fetch::ALL_MINILM_L6_V2.name.into(),
         }
     }
 }
@@ -177,7 +187,31 @@ impl ExperimentConfig {
         let (config, _): (Self, String) = rlxf_train::config::read_config(path, overrides)
             .with_context(|| format!("reading the experiment config {}", path.display()))?;
         config.validate(path)?;
+        super::stages::check_sections(&config, path)?;
         Ok(config)
+    }
+
+    /// The name of the policy that `method` makes from `model` with `seed` in the report: the
+    /// method alone when the study has one model and one seed, else `method@model/s<seed>`.
+    pub fn policy_name(&self, method: Method, model: &str, seed: u64) -> String {
+        if self.models.len() > 1 || self.seeds.len() > 1 {
+            format!("{}@{model}/s{seed}", method.name())
+        } else {
+            method.name().to_string()
+        }
+    }
+
+    /// Every policy name of the study, in run order.
+    pub fn policy_names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for model in &self.models {
+            for &seed in &self.seeds {
+                for &method in &self.methods {
+                    names.push(self.policy_name(method, &model.name, seed));
+                }
+            }
+        }
+        names
     }
 
     fn validate(&self, path: &Path) -> anyhow::Result<()> {
@@ -222,6 +256,135 @@ impl ExperimentConfig {
         if self.eval.batch_size == 0 || self.eval.max_new_tokens == 0 {
             return bad("eval", "batch_size and max_new_tokens must be at least 1");
         }
+        if self.eval.encoder.is_empty() {
+            return bad(
+                "eval.encoder",
+                "name a sentence encoder (all-minilm-l6-v2, a directory) or \"none\"",
+            );
+        }
+        if let Some(baseline) = &self.eval.baseline {
+            // checked here rather than at the eval stage, which runs after all the training
+            let names = self.policy_names();
+            if !names.contains(baseline) {
+                return bad(
+                    "eval.baseline",
+                    &format!(
+                        "`{baseline}` is not one of the policies: {}",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../configs");
+
+    /// Every config in configs/ with a `methods` list is an `rlxf run` config.
+    fn runner_configs() -> Vec<PathBuf> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(CONFIGS)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+            .filter(|path| {
+                let table: toml::Table = std::fs::read_to_string(path).unwrap().parse().unwrap();
+                table.contains_key("methods")
+            })
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    #[test]
+    fn every_runner_config_in_configs_reads_validates_and_parses_its_sections() {
+        let paths = runner_configs();
+        let names: Vec<String> = paths
+            .iter()
+            .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for expected in [
+            "quickstart.toml",
+            "rlaif-vs-rlhf-125m.toml",
+            "study-tiny.toml",
+        ] {
+            assert!(names.iter().any(|name| name == expected), "{names:?}");
+        }
+        for path in &paths {
+            ExperimentConfig::read(path, &[])
+                .unwrap_or_else(|err| panic!("{}: {err:#}", path.display()));
+        }
+    }
+
+    #[test]
+    fn the_125m_study_compares_rlhf_with_rlaif_on_the_seed_setup() {
+        let config =
+            ExperimentConfig::read(&Path::new(CONFIGS).join("rlaif-vs-rlhf-125m.toml"), &[])
+                .unwrap();
+        assert_eq!(config.models[0].source, "EleutherAI/gpt-neo-125M");
+        assert_eq!(config.data.train, "hf://datasets/Dahoas/rm-static");
+        assert!(config.seeds.len() >= 2);
+        for method in [
+            Method::Sft,
+            Method::SftRejected,
+            Method::RlhfPpo,
+            Method::RlaifPpo,
+            Method::DRlaif,
+            Method::DpoHuman,
+            Method::DpoAi,
+        ] {
+            assert!(config.methods.contains(&method), "{}", method.name());
+        }
+        assert!(config.labeler.is_some() && config.judge.is_some() && config.eval.judge);
+        assert_eq!(config.eval.encoder, "all-minilm-l6-v2");
+    }
+
+    /// `study-tiny.toml` with `extra` TOML appended, read with `overrides`.
+    fn read_tiny(extra: &str, overrides: &[&str]) -> anyhow::Result<ExperimentConfig> {
+        let text = std::fs::read_to_string(Path::new(CONFIGS).join("study-tiny.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("study.toml");
+        std::fs::write(&path, format!("{text}\n{extra}")).unwrap();
+        let overrides: Vec<String> = overrides.iter().map(|o| o.to_string()).collect();
+        ExperimentConfig::read(&path, &overrides)
+    }
+
+    /// Reading `study-tiny.toml` with `extra` and `overrides` fails with an error that mentions
+    /// every one of `words`.
+    fn read_fails(extra: &str, overrides: &[&str], words: &[&str]) -> anyhow::Error {
+        let err = read_tiny(extra, overrides).unwrap_err();
+        let message = format!("{err:#}");
+        assert!(words.iter().all(|word| message.contains(word)), "{message}");
+        err
+    }
+
+    #[test]
+    fn a_mistyped_section_field_fails_at_read_naming_section_and_field() {
+        read_fails("", &["ppo.train.max_step=3"], &["[ppo]", "max_step"]);
+        let judge = "[judge.backend]\nkind = \"local\"\nmodle = \"x\"\n";
+        read_fails(judge, &[], &["[judge]", "modle"]);
+        read_fails(
+            "",
+            &["sft.train.epochs=\"two\""],
+            &["[sft]", "train.epochs"],
+        );
+    }
+
+    #[test]
+    fn the_baseline_must_name_a_policy_of_the_study() {
+        let baseline = "eval.baseline=\"dpo-ai@tiny/s1\"";
+        let err = read_fails("", &[baseline], &["eval.baseline", "sft-rejected"]);
+        assert!(err.downcast_ref::<BadInput>().is_some());
+        // with two seeds the policies carry model and seed
+        let config = read_tiny("", &["seeds=[1, 2]", "eval.baseline=\"dpo-ai@tiny/s2\""]).unwrap();
+        assert_eq!(
+            config.policy_name(Method::DpoAi, "tiny", 2),
+            "dpo-ai@tiny/s2"
+        );
+        assert_eq!(config.policy_names().len(), 2 * config.methods.len());
     }
 }

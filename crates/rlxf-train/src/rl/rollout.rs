@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Tensor, D};
 use rlxf_model::{
-    generate_keyed, CausalLm, ContinuationBatch, GenerationConfig, LoadedModel, Padding,
+    fused_ops, generate_keyed, CausalLm, ContinuationBatch, GenerationConfig, LoadedModel, Padding,
     ScalarHead, Tokenizer,
 };
 use serde::{Deserialize, Serialize};
@@ -137,15 +137,9 @@ pub fn score_tokens(
         .logits_from_hidden(&predictors)?
         .to_dtype(DType::F32)?
         / temperature)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    let picked = log_probs
-        .gather(batch.targets(), 1)?
-        .reshape((rows, max_response))?;
-    let detached = log_probs.detach();
-    let entropy = (detached.exp()? * &detached)?
-        .sum(D::Minus1)?
-        .neg()?
-        .reshape((rows, max_response))?;
+    let picked =
+        fused_ops::token_logprobs(&logits, batch.targets())?.reshape((rows, max_response))?;
+    let entropy = fused_ops::softmax_entropy(&logits)?.reshape((rows, max_response))?;
     let values = value_head
         .map(|head| -> Result<Tensor> {
             let per_token = predictors.reshape((rows, max_response, hidden_size))?;
