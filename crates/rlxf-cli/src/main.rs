@@ -103,7 +103,26 @@ fn main() -> ExitCode {
         quiet: cli.quiet,
         threads,
     };
+    // A command runs on a worker of rayon's pool: every parallel call it makes (gemm, the fused
+    // kernels; about a hundred per decoding step or per layer of a training step) then shares its
+    // work with the other workers directly, instead of handing it to the pool and sleeping until
+    // it is done, two context switches per call on the calling thread. Not `serve`: its accept
+    // loop would hold a worker for good while request threads wait on the pool.
     let result = match cli.command {
+        Command::Serve(args) => commands::serve::run(args, ctx),
+        command => rayon::scope(|_| run_command(command, ctx)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(commands::exit_code(&err))
+        }
+    }
+}
+
+fn run_command(command: Command, ctx: Ctx) -> anyhow::Result<()> {
+    match command {
         Command::Run(args) => commands::run::run(args, ctx),
         Command::Data(cmd) => commands::data::run(cmd, ctx),
         Command::Model(cmd) => commands::model::run(cmd, ctx),
@@ -114,13 +133,6 @@ fn main() -> ExitCode {
         Command::Bench(args) => commands::bench::run(args, ctx),
         Command::Label(args) => commands::label::run(args, ctx),
         Command::Serve(args) => commands::serve::run(args, ctx),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::from(commands::exit_code(&err))
-        }
     }
 }
 

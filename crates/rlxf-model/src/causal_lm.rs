@@ -224,6 +224,14 @@ pub trait CausalLm {
     /// Language-model head: `[.., hidden]` to `[.., vocab]` logits.
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor>;
 
+    /// The LM head's weight as `[vocab, hidden]` (logits are `hidden · weight^T`), for
+    /// [`crate::fused_ops::lm_head_token_logprobs`], which scores tokens without materialising
+    /// the logits' gradient. `None` for a model whose head is not one such product; callers then
+    /// go through [`CausalLm::logits_from_hidden`].
+    fn lm_head_weight(&self) -> Option<Tensor> {
+        None
+    }
+
     /// Logits for every position, `[batch, seq, vocab]`.
     fn forward(
         &self,

@@ -13,6 +13,7 @@
 use candle_core::{DType, IndexOp, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use rayon::prelude::*;
 
 use crate::sampling::{log_softmax_at, next_token, SamplingParams};
 use crate::tokenizer::Tokenizer;
@@ -132,7 +133,7 @@ pub struct Generation {
 
 /// Generates a continuation of each prompt (token ids, no padding). Row `i` draws its random
 /// numbers from its own stream, keyed by `i`; see [`generate_keyed`] to choose the keys.
-pub fn generate<M: CausalLm + ?Sized>(
+pub fn generate<M: CausalLm + Sync + ?Sized>(
     model: &M,
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
@@ -145,7 +146,23 @@ pub fn generate<M: CausalLm + ?Sized>(
 /// [`generate`] with an explicit random stream per row: row `i` samples from the ChaCha20 stream
 /// `row_keys[i]` of `config.seed`. Keying rows by their index in a whole dataset makes sampled
 /// outputs independent of how the dataset is split into batches; errors name prompts by key.
-pub fn generate_keyed<M: CausalLm + ?Sized>(
+///
+/// Runs on a thread of rayon's pool (the caller waits): a decoding step makes about a hundred
+/// parallel calls (every projection, norm and activation of every layer), and each call made from
+/// outside the pool hands its work to the pool and puts the caller to sleep until it is done, two
+/// context switches per call. From a thread of the pool, each call works on its share at once
+/// while the other threads take theirs.
+pub fn generate_keyed<M: CausalLm + Sync + ?Sized>(
+    model: &M,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    row_keys: &[u64],
+    config: &GenerationConfig,
+) -> Result<Vec<Generation>> {
+    rayon::scope(|_| generate_in_pool(model, tokenizer, prompts, row_keys, config))
+}
+
+fn generate_in_pool<M: CausalLm + ?Sized>(
     model: &M,
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
@@ -188,8 +205,12 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
     }
     let input = Tensor::from_vec(input, (prompts.len(), padded_len), device)?;
     let mut cache = model.new_cache();
-    // The last generated token is never fed back, and no row outlives the context.
-    cache.reserve((padded_len + config.max_new_tokens - 1).min(max_context))?;
+    // The last generated token is never fed back, and no row outlives its own context: the
+    // shortest prompt's row runs longest. The cache is as wide as the padded batch, so it can
+    // outgrow the context when that row keeps going after a long prompt's row has filled it.
+    let shortest = prompts.iter().map(Vec::len).min().unwrap_or(0);
+    let steps = config.max_new_tokens.min(max_context - shortest);
+    cache.reserve(padded_len + steps - 1)?;
     let mut next_logits = last_position_logits(model, &input, &padding, &mut cache)?;
 
     let sampling = config.sampling();
@@ -202,18 +223,22 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
+        // Each row's pass over its vocabulary-wide logits on its own thread: rows draw from
+        // their own random streams, so the order does not matter.
+        let mut active_rows = rows_at(&mut rows, &active);
+        active_rows
+            .par_iter_mut()
+            .zip(logits_rows.par_chunks_exact(vocab))
+            .for_each(|(row, logits)| {
+                let token = next_token(logits, &sampling, &mut row.rng);
+                row.token_ids.push(token);
+                row.logprobs.push(log_softmax_at(logits, token as usize));
+            });
         let mut still_active = Vec::with_capacity(active.len());
-        for (batch_pos, (&row_index, logits)) in active
-            .iter()
-            .zip(logits_rows.chunks_exact(vocab))
-            .enumerate()
-        {
-            let row = &mut rows[row_index];
-            let token = next_token(logits, &sampling, &mut row.rng);
-            row.token_ids.push(token);
-            row.logprobs.push(log_softmax_at(logits, token as usize));
+        for (batch_pos, row) in active_rows.into_iter().enumerate() {
+            let token = *row.token_ids.last().expect("a token was just generated");
             match row.stop_reason(token, tokenizer, config, max_context)? {
-                Some(reason) => finished[row_index] = Some(reason),
+                Some(reason) => finished[active[batch_pos]] = Some(reason),
                 None => still_active.push(batch_pos),
             }
         }
@@ -242,6 +267,15 @@ pub fn generate_keyed<M: CausalLm + ?Sized>(
     rows.into_iter()
         .zip(finished)
         .map(|(row, reason)| row.finish(tokenizer, reason.expect("every row finishes")))
+        .collect()
+}
+
+/// The rows at the (increasing) indices `active`, in that order.
+fn rows_at<'a>(rows: &'a mut [Row], active: &[usize]) -> Vec<&'a mut Row> {
+    let mut wanted = active.iter().peekable();
+    rows.iter_mut()
+        .enumerate()
+        .filter_map(|(index, row)| wanted.next_if_eq(&&index).map(|_| row))
         .collect()
 }
 

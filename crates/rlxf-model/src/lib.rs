@@ -3,6 +3,7 @@
 //! One file per architecture (as candle-transformers does); everything else in the project talks to a
 //! model through the [`CausalLm`] trait, so trainers, labelers and evaluators work with any of them.
 
+mod cached_attention;
 pub mod causal_lm;
 pub mod chat;
 pub mod config;
@@ -40,8 +41,8 @@ pub use gpt_neo::GptNeo;
 pub use llama::Llama;
 pub use loading::{build_model, load_pretrained, parameter_spec, DynCausalLm, LoadedModel};
 pub use logprobs::{
-    continuation_logprobs, continuation_logprobs_vec, ContinuationBatch, ContinuationLogProbs,
-    Padding,
+    continuation_logprobs, continuation_logprobs_vec, token_logprobs_from_hidden,
+    ContinuationBatch, ContinuationLogProbs, Padding,
 };
 pub use scalar_head::ScalarHead;
 pub use sentence_encoder::{cosine_similarity, SentenceEncoder};

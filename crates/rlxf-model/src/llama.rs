@@ -12,6 +12,7 @@
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
+use crate::cached_attention::{cached_attention, repeat_kv};
 use crate::causal_lm::{CausalLm, KvCache};
 use crate::config::LlamaConfig;
 use crate::error::Result;
@@ -47,7 +48,7 @@ struct RotaryEmbedding {
     inv_freq: Tensor,
 }
 
-/// `cos` and `sin` of one forward call, `[batch, 1, seq, head_dim]` in the model's dtype.
+/// `cos` and `sin` of one forward call, `[batch, 1, seq, head_dim]` in the compute dtype.
 struct RotaryAngles {
     cos: Tensor,
     sin: Tensor,
@@ -134,10 +135,15 @@ impl Attention {
         let value = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
         // The cache keeps the un-repeated key/value heads: a fraction of the memory under GQA.
         let (key, value) = extend_cache(cache, key, value)?;
-        let groups = self.num_heads / self.num_kv_heads;
-        let (key, value) = (repeat_kv(&key, groups)?, repeat_kv(&value, groups)?);
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let merged = attend(&query, &key, &value, Some(scale), mask)?;
+        let merged = if mask.dim(3)? > seq {
+            // A generation step: earlier keys and values come from the cache, un-repeated.
+            cached_attention(&query, &key, &value, Some(scale), mask)?
+        } else {
+            let groups = self.num_heads / self.num_kv_heads;
+            let (key, value) = (repeat_kv(&key, groups)?, repeat_kv(&value, groups)?);
+            attend(&query, &key, &value, Some(scale), mask)?
+        };
         self.o_proj.forward(&merged)
     }
 }
@@ -159,17 +165,6 @@ fn linear(
         WeightLayout::OutIn,
         config.initializer_range,
     )
-}
-
-/// HF's `repeat_kv`: key/value head `i` serves query heads `i * groups .. (i + 1) * groups`.
-fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
-    if groups == 1 {
-        return Ok(x.clone());
-    }
-    let (batch, kv_heads, seq, head_dim) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .broadcast_as((batch, kv_heads, groups, seq, head_dim))?
-        .reshape((batch, kv_heads * groups, seq, head_dim))?)
 }
 
 /// `LlamaMLP`: `down(silu(gate(x)) * up(x))`.
@@ -246,6 +241,8 @@ pub struct Llama {
     masks: MaskBuilder,
     hidden_size: usize,
     max_positions: usize,
+    /// Dtype of the hidden states (see [`Llama::with_compute_dtype`]).
+    compute_dtype: DType,
     device: Device,
 }
 
@@ -272,6 +269,7 @@ impl Llama {
         Ok(Self {
             rotary: RotaryEmbedding::new(config.head_size(), config.rope_base(), &device)?,
             masks: MaskBuilder::new(&device),
+            compute_dtype: embed_tokens.dtype(),
             embed_tokens,
             layers,
             norm,
@@ -280,6 +278,17 @@ impl Llama {
             max_positions: config.max_position_embeddings,
             device,
         })
+    }
+
+    /// Runs the forward pass in `dtype`; see [`crate::Decoder::with_compute_dtype`].
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute_dtype = dtype;
+        self
+    }
+
+    /// The LM head, `[vocab, hidden]`: its own weight, or the tied embedding.
+    fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 }
 
@@ -310,7 +319,7 @@ impl CausalLm for Llama {
         attention_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let dtype = self.embed_tokens.dtype();
+        let dtype = self.compute_dtype;
         let inputs = self.masks.forward_inputs(
             input_ids,
             attention_mask,
@@ -321,7 +330,7 @@ impl CausalLm for Llama {
         )?;
         let rotary = self.rotary.angles(&inputs.positions, dtype)?;
         let mask = self.masks.layer_mask(&inputs, None)?;
-        let mut hidden = embed(&self.embed_tokens, input_ids)?;
+        let mut hidden = embed(&self.embed_tokens, input_ids)?.to_dtype(dtype)?;
         for (index, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_deref_mut().map(|cache| (cache, index));
             hidden = layer.forward(&hidden, &rotary, &mask, layer_cache)?;
@@ -330,7 +339,10 @@ impl CausalLm for Llama {
     }
 
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        matmul_last_dim(hidden, &head.t()?)
+        matmul_last_dim(hidden, &self.head().to_dtype(hidden.dtype())?.t()?)
+    }
+
+    fn lm_head_weight(&self) -> Option<Tensor> {
+        Some(self.head().clone())
     }
 }

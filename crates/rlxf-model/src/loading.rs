@@ -23,13 +23,54 @@ use crate::weights::{self, ParamSpec};
 /// A model of any supported architecture behind the [`CausalLm`] trait.
 pub type DynCausalLm = Box<dyn CausalLm + Send + Sync>;
 
-/// Builds the architecture `config` names from `vb`.
+/// Builds the architecture `config` names from `vb`, computing in `vb`'s dtype.
 pub fn build_model(config: &ModelConfig, vb: VarBuilder) -> Result<DynCausalLm> {
+    let dtype = vb.dtype();
+    build_computing_in(config, vb, dtype)
+}
+
+/// [`build_model`] with the forward pass in `compute_dtype` (see
+/// [`LoadedModel::set_compute_dtype`]).
+fn build_computing_in(
+    config: &ModelConfig,
+    vb: VarBuilder,
+    compute_dtype: DType,
+) -> Result<DynCausalLm> {
     Ok(match config {
-        ModelConfig::GptNeo(config) => Box::new(GptNeo::new(config, vb)?),
-        ModelConfig::Gpt2(config) => Box::new(Gpt2::new(config, vb)?),
-        ModelConfig::Llama(config) => Box::new(Llama::new(config, vb)?),
+        ModelConfig::GptNeo(config) => {
+            Box::new(GptNeo::new(config, vb)?.with_compute_dtype(compute_dtype))
+        }
+        ModelConfig::Gpt2(config) => {
+            Box::new(Gpt2::new(config, vb)?.with_compute_dtype(compute_dtype))
+        }
+        ModelConfig::Llama(config) => {
+            Box::new(Llama::new(config, vb)?.with_compute_dtype(compute_dtype))
+        }
     })
+}
+
+/// Builds `config`'s architecture over the variables of `varmap`, or, for `inference`, over
+/// detached copies of them (the same storage, no copy; see [`LoadedModel::into_inference`]).
+fn build_over_varmap(
+    config: &ModelConfig,
+    varmap: &VarMap,
+    dtype: DType,
+    compute_dtype: DType,
+    inference: bool,
+    device: &Device,
+) -> Result<DynCausalLm> {
+    let vb = if inference {
+        let detached: HashMap<String, Tensor> = {
+            let data = varmap.data().lock().expect("varmap lock");
+            data.iter()
+                .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+                .collect()
+        };
+        VarBuilder::from_tensors(detached, dtype, device)
+    } else {
+        VarBuilder::from_varmap(varmap, dtype, device)
+    };
+    build_computing_in(config, vb, compute_dtype)
 }
 
 /// Every parameter the architecture reads: HF name, shape and init.
@@ -44,7 +85,12 @@ pub struct LoadedModel {
     /// attached. Hand `varmap.all_vars()` to an optimiser to train the model.
     pub varmap: VarMap,
     pub model: DynCausalLm,
+    /// The parameters' dtype.
     dtype: DType,
+    /// The forward pass's dtype (see [`LoadedModel::set_compute_dtype`]); `dtype` unless set.
+    compute_dtype: DType,
+    /// Whether `model` reads detached copies of the variables ([`LoadedModel::into_inference`]).
+    inference: bool,
     /// The directory the model was loaded from, whose tokenizer files a save carries along.
     source_dir: Option<PathBuf>,
 }
@@ -123,12 +169,14 @@ impl LoadedModel {
         device: &Device,
         dtype: DType,
     ) -> Result<Self> {
-        let model = build_model(&config, VarBuilder::from_varmap(&varmap, dtype, device))?;
+        let model = build_over_varmap(&config, &varmap, dtype, dtype, false, device)?;
         Ok(Self {
             config,
             varmap,
             model,
             dtype,
+            compute_dtype: dtype,
+            inference: false,
             source_dir: None,
         })
     }
@@ -139,18 +187,53 @@ impl LoadedModel {
     /// every layer stays alive until the output is dropped, which on long prompts costs gigabytes.
     /// The variables stay in `varmap` (a scalar head still loads from them).
     pub fn into_inference(self) -> Result<Self> {
-        let device = self.model.device().clone();
-        let detached: HashMap<String, Tensor> = {
-            let data = self.varmap.data().lock().expect("varmap lock");
-            data.iter()
-                .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
-                .collect()
-        };
-        let model = build_model(
+        let model = build_over_varmap(
             &self.config,
-            VarBuilder::from_tensors(detached, self.dtype, &device),
+            &self.varmap,
+            self.dtype,
+            self.compute_dtype,
+            true,
+            self.model.device(),
         )?;
-        Ok(Self { model, ..self })
+        Ok(Self {
+            model,
+            inference: true,
+            ..self
+        })
+    }
+
+    /// Runs the forward pass in `dtype` while the parameters stay in [`Self::dtype`]: with bf16
+    /// over f32 parameters, mixed-precision training as PyTorch autocast does it. Every layer
+    /// casts its weights to bf16 in the forward (a differentiable cast, so gradients reach the
+    /// f32 variables in f32, and the optimiser, checkpoints and saved models are unchanged),
+    /// hidden states are bf16, and layer/RMS norms, the attention softmax and the log-softmax
+    /// of log-probabilities run in f32; log-probs and scalar-head scores come out f32.
+    ///
+    /// Setting the parameters' own dtype restores the plain forward (no casts at all).
+    pub fn set_compute_dtype(&mut self, dtype: DType) -> Result<()> {
+        if !matches!(dtype, DType::BF16 | DType::F16 | DType::F32 | DType::F64) {
+            return Err(ModelError::InvalidInput(format!(
+                "compute dtype {dtype:?} is not a float type (bf16, f16, f32 or f64)"
+            )));
+        }
+        if dtype == self.compute_dtype {
+            return Ok(());
+        }
+        self.model = build_over_varmap(
+            &self.config,
+            &self.varmap,
+            self.dtype,
+            dtype,
+            self.inference,
+            self.model.device(),
+        )?;
+        self.compute_dtype = dtype;
+        Ok(())
+    }
+
+    /// The forward pass's dtype (see [`Self::set_compute_dtype`]).
+    pub fn compute_dtype(&self) -> DType {
+        self.compute_dtype
     }
 
     /// Loads `config.json` and `model.safetensors` (or `pytorch_model.bin`) from a directory.
@@ -165,6 +248,7 @@ impl LoadedModel {
         })
     }
 
+    /// The parameters' dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
@@ -284,6 +368,10 @@ impl CausalLm for LoadedModel {
 
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
         self.model.logits_from_hidden(hidden)
+    }
+
+    fn lm_head_weight(&self) -> Option<Tensor> {
+        self.model.lm_head_weight()
     }
 }
 

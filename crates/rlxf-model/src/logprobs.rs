@@ -3,7 +3,8 @@
 //!
 //! Prompts and continuations are ragged; [`ContinuationBatch`] pads them into one batch (left or
 //! right), the model runs once, and the LM head is applied only at the positions that predict a
-//! continuation token. The result is differentiable with respect to the model's variables.
+//! continuation token (fused with the log-softmax where the model allows). The result is
+//! differentiable with respect to the model's variables.
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -182,19 +183,33 @@ pub fn continuation_logprobs(
     let predictors = hidden
         .reshape((rows * len, hidden_size))?
         .index_select(&batch.predictor_index, 0)?;
-    let logits = model.logits_from_hidden(&predictors)?;
-    let dtype = match logits.dtype() {
-        DType::F64 => DType::F64,
-        _ => DType::F32,
-    };
-    let mask = batch.continuation_mask.to_dtype(dtype)?;
-    let picked = fused_ops::token_logprobs(&logits.to_dtype(dtype)?, &batch.targets)?
+    let picked = token_logprobs_from_hidden(model, &predictors, &batch.targets)?
         .reshape((rows, max_continuation))?;
+    let mask = batch.continuation_mask.to_dtype(picked.dtype())?;
     Ok(ContinuationLogProbs {
         logprobs: (picked * &mask)?,
         mask,
         lengths: batch.continuation_lengths.clone(),
     })
+}
+
+/// `log p(targets[row] | hidden[row])` under `model`'s LM head, for final hidden states `[rows,
+/// hidden]` and `[rows]` targets: `[rows]`, f32 (f64 for an f64 model), differentiable. Through
+/// [`fused_ops::lm_head_token_logprobs`] when the model exposes its head weight (no `[rows,
+/// vocab]` logits gradient in backward), else through the model's logits.
+pub fn token_logprobs_from_hidden(
+    model: &dyn CausalLm,
+    hidden: &Tensor,
+    targets: &Tensor,
+) -> Result<Tensor> {
+    match model.lm_head_weight() {
+        Some(weight) => fused_ops::lm_head_token_logprobs(hidden, &weight, targets),
+        None => {
+            let logits = model.logits_from_hidden(hidden)?;
+            let dtype = fused_ops::logprob_dtype(logits.dtype());
+            fused_ops::token_logprobs(&logits.to_dtype(dtype)?, targets)
+        }
+    }
 }
 
 /// Convenience: pad, run and return per-row vectors.

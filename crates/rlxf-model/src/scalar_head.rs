@@ -29,9 +29,12 @@ impl ScalarHead {
         })
     }
 
-    /// One score per position: `[batch, seq, hidden]` to `[batch, seq]`.
+    /// One score per position: `[batch, seq, hidden]` to `[batch, seq]`, in the head's dtype:
+    /// bf16 hidden states of a mixed-precision forward are widened, since rewards and values feed
+    /// losses, which stay f32 (the head is one dot product per position, cheap in any dtype).
     pub fn scores(&self, hidden_states: &Tensor) -> Result<Tensor> {
-        Ok(matmul_last_dim(hidden_states, &self.weight.t()?)?.squeeze(D::Minus1)?)
+        let hidden_states = hidden_states.to_dtype(self.weight.dtype())?;
+        Ok(matmul_last_dim(&hidden_states, &self.weight.t()?)?.squeeze(D::Minus1)?)
     }
 
     /// The score at each row's last real token (the last position whose mask is 1; the last

@@ -3,17 +3,17 @@
 //! token embedding. The architectures differ only in how attention projects queries, keys and values
 //! ([`QkvProjection`]), whether scores are scaled and whether a layer attends over a sliding window.
 //!
-//! Everything here has a backward pass (candle operations, plus the fused layer norm, attention
-//! softmax and GELU of [`crate::fused_ops`] instead of candle's backward-less `softmax_last_dim` /
-//! `layer_norm`), so the same forward serves inference and training.
+//! Everything here has a backward pass (candle operations, plus the fused layer norm, causal
+//! self-attention and GELU of [`crate::fused_ops`] instead of candle's backward-less
+//! `softmax_last_dim` / `layer_norm`), so the same forward serves inference and training.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Init, VarBuilder};
 
+use crate::cached_attention::cached_attention;
 use crate::causal_lm::{CausalLm, KvCache};
 use crate::config::Activation;
 use crate::error::{ModelError, Result};
@@ -46,14 +46,7 @@ impl LayerNorm {
     }
 }
 
-/// How a checkpoint stores a projection's weight.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum WeightLayout {
-    /// `nn.Linear`: `[out, in]` (GPT-Neo).
-    OutIn,
-    /// HF `Conv1D`: `[in, out]` (GPT-2).
-    InOut,
-}
+pub(crate) use crate::fused_ops::WeightLayout;
 
 /// An affine map `x W + b` whose weight keeps the checkpoint's layout, so saving needs no transposes.
 pub(crate) struct Affine {
@@ -88,16 +81,20 @@ impl Affine {
         })
     }
 
+    /// Runs in `x`'s dtype: with a bf16 compute dtype the (f32) weights are cast in the forward,
+    /// a differentiable cast that sends the gradients back to them in f32; `to_dtype` is a
+    /// no-op clone when the dtypes agree, so an f32 forward copies nothing.
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let weight = match self.layout {
-            WeightLayout::OutIn => self.weight.t()?,
-            WeightLayout::InOut => self.weight.clone(),
+        let bias = match &self.bias {
+            Some(bias) => Some(bias.to_dtype(x.dtype())?),
+            None => None,
         };
-        let output = matmul_last_dim(x, &weight)?;
-        Ok(match &self.bias {
-            Some(bias) => output.broadcast_add(bias)?,
-            None => output,
-        })
+        fused_ops::linear(
+            x,
+            &self.weight.to_dtype(x.dtype())?,
+            bias.as_ref(),
+            self.layout,
+        )
     }
 }
 
@@ -194,10 +191,24 @@ impl<P: QkvProjection> SelfAttention<P> {
     ) -> Result<Tensor> {
         let (batch, seq, _) = x.dims3()?;
         let (query, key, value) = self.projections.qkv(x)?;
-        let split = |t: Tensor| split_heads(&t, batch, seq, self.num_heads, self.head_dim);
-        let (query, key, value) = (split(query)?, split(key)?, split(value)?);
-        let (key, value) = extend_cache(cache, key, value)?;
-        let merged = attend(&query, &key, &value, self.scale, mask)?;
+        let split = |t: &Tensor| split_heads(t, batch, seq, self.num_heads, self.head_dim);
+        let merged = match cache {
+            // A generation step after the prompt: keys and values of earlier positions come
+            // from the cache.
+            Some((cache, layer)) if mask.dim(3)? > seq => {
+                let (key, value) = cache.append(layer, &split(&key)?, &split(&value)?)?;
+                cached_attention(&split(&query)?, &key, &value, self.scale, mask)?
+            }
+            // No earlier positions (training, scoring, a generation's prompt pass): one fused op
+            // over the unsplit projections. A prompt pass still fills the cache.
+            cache => {
+                if let Some((cache, layer)) = cache {
+                    cache.append(layer, &split(&key)?, &split(&value)?)?;
+                }
+                let scale = self.scale.unwrap_or(1.0);
+                fused_ops::causal_self_attention(&query, &key, &value, mask, self.num_heads, scale)?
+            }
+        };
         self.projections.output(&merged)
     }
 }
@@ -306,9 +317,6 @@ pub(crate) struct DecoderDims {
     pub initializer_range: f64,
 }
 
-/// Key of a cached causal mask: query length, key length, window, dtype.
-type MaskKey = (usize, usize, Option<usize>, DType);
-
 /// What every layer of a decoder needs for one forward call, derived from the input ids, the
 /// attention mask and the cache in the same way for every architecture.
 pub(crate) struct ForwardInputs {
@@ -318,27 +326,36 @@ pub(crate) struct ForwardInputs {
     seq: usize,
     total: usize,
     dtype: DType,
-    /// Additive `[batch, 1, 1, past + seq]` mask of padded key slots.
-    padding_mask: Option<Tensor>,
+    /// The attention mask's `[batch, past + seq]` rows (1 = real token), if there is one.
+    padding: Option<Vec<Vec<u32>>>,
 }
 
-/// Builds [`ForwardInputs`] and the per-layer attention masks, keeping causal masks by shape:
-/// generation asks for the same shapes every step.
+/// Builds [`ForwardInputs`] and the per-layer attention masks.
+///
+/// Masks are built for each forward call, not kept: a generation step asks for a shape no earlier
+/// step had (the key length grows by one), so a table of masks by shape only grew (one entry per
+/// step and window kind, for as long as the model lived), while a step's `[batch, 1, 1, past +
+/// 1]` mask is no bigger than the padding mask each lookup was combined with. A whole-sequence
+/// mask (training) is `batch * seq * (past + seq)` values, written once per forward and window
+/// kind: under a millisecond next to a forward of hundreds.
 pub(crate) struct MaskBuilder {
     device: Device,
-    causal_masks: Mutex<HashMap<MaskKey, Tensor>>,
 }
 
 impl MaskBuilder {
     pub(crate) fn new(device: &Device) -> Self {
         Self {
             device: device.clone(),
-            causal_masks: Mutex::new(HashMap::new()),
         }
     }
 
     /// Checks the inputs against the model (`num_layers`, `max_positions`) and derives positions
-    /// and the padding mask; `model_dtype` is the dtype of the hidden states.
+    /// and the padding; `model_dtype` is the dtype of the hidden states.
+    ///
+    /// With an attention mask, each row's own length (its real tokens) is checked against
+    /// `max_positions`, not the padded width: in a batched generation a short prompt's row keeps
+    /// going after a long prompt's row has filled the context, and the cache then holds more
+    /// slots than the context, most of them the short row's left padding.
     pub(crate) fn forward_inputs(
         &self,
         input_ids: &Tensor,
@@ -351,12 +368,6 @@ impl MaskBuilder {
         let (batch, seq) = input_ids.dims2()?;
         let past = cache.map_or(0, KvCache::seq_len);
         let total = past + seq;
-        if total > max_positions {
-            return Err(ModelError::SequenceTooLong {
-                length: total,
-                max_positions,
-            });
-        }
         if let Some(cache) = cache {
             if cache.num_layers() != num_layers {
                 return Err(ModelError::InvalidInput(format!(
@@ -377,27 +388,26 @@ impl MaskBuilder {
             }
             None => None,
         };
-        let dtype = score_dtype(model_dtype);
-        let padding_mask = match &padding {
-            Some(rows) => {
-                let values: Vec<f32> = rows
-                    .iter()
-                    .flatten()
-                    .map(|&real| if real != 0 { 0.0 } else { MASKED_SCORE })
-                    .collect();
-                Some(
-                    Tensor::from_vec(values, (batch, 1, 1, total), &self.device)?
-                        .to_dtype(dtype)?,
-                )
-            }
-            None => None,
+        let longest = match &padding {
+            Some(rows) => rows
+                .iter()
+                .map(|row| row.iter().filter(|&&real| real != 0).count())
+                .max()
+                .unwrap_or(0),
+            None => total,
         };
+        if longest > max_positions {
+            return Err(ModelError::SequenceTooLong {
+                length: longest,
+                max_positions,
+            });
+        }
         Ok(ForwardInputs {
             positions: self.positions(batch, seq, past, padding.as_deref())?,
             seq,
             total,
-            dtype,
-            padding_mask,
+            dtype: score_dtype(model_dtype),
+            padding,
         })
     }
 
@@ -430,54 +440,42 @@ impl MaskBuilder {
         Ok(Tensor::from_vec(positions, (batch, seq), &self.device)?)
     }
 
-    /// The additive mask of a layer attending over `window` (`None`: every earlier position):
-    /// causal, sliding-window and padding masks combined.
+    /// The additive mask of a layer attending over `window` (`None`: every earlier position),
+    /// `[batch, 1, seq, past + seq]` (`[1, 1, ..]` without padding): 0 where query `i` (absolute
+    /// slot `past + i`) may see key `j`, [`MASKED_SCORE`] elsewhere. Causal and sliding-window as
+    /// HF's `bias` buffer (`tril`, and for local layers `tril ^ tril(.., -window)`: a local query
+    /// sees itself and the `window - 1` slots before it), and padded keys masked.
     pub(crate) fn layer_mask(
         &self,
         inputs: &ForwardInputs,
         window: Option<usize>,
     ) -> Result<Tensor> {
-        let causal = self.causal_mask(inputs.seq, inputs.total, window, inputs.dtype)?;
-        // The minimum, not the sum: two masked values added would overflow to -inf.
-        Ok(match &inputs.padding_mask {
-            Some(padding_mask) => causal.broadcast_minimum(padding_mask)?,
-            None => causal,
-        })
-    }
-
-    /// `[1, 1, seq, past + seq]`: 0 where query `i` (absolute slot `past + i`) may see key `j`,
-    /// [`MASKED_SCORE`] elsewhere. Matches HF's `bias` buffer (`tril`, and for local layers
-    /// `tril ^ tril(.., -window)`): a local query sees itself and the `window - 1` slots before it.
-    fn causal_mask(
-        &self,
-        seq: usize,
-        total: usize,
-        window: Option<usize>,
-        dtype: DType,
-    ) -> Result<Tensor> {
-        let key = (seq, total, window, dtype);
-        let mut masks = self.causal_masks.lock().expect("mask cache lock");
-        if let Some(mask) = masks.get(&key) {
-            return Ok(mask.clone());
-        }
+        let (seq, total) = (inputs.seq, inputs.total);
         let past = total - seq;
-        let values: Vec<f32> = (0..seq)
-            .flat_map(|i| {
-                let query_slot = past + i;
-                (0..total).map(move |key_slot| {
-                    let visible =
-                        key_slot <= query_slot && window.is_none_or(|w| query_slot - key_slot < w);
-                    if visible {
-                        0.0
-                    } else {
-                        MASKED_SCORE
-                    }
+        let no_padding = [vec![1u32; total]];
+        let rows: &[Vec<u32>] = inputs.padding.as_deref().unwrap_or(&no_padding);
+        let values: Vec<f32> = rows
+            .iter()
+            .flat_map(|real| {
+                (0..seq).flat_map(move |i| {
+                    let query_slot = past + i;
+                    (0..total).map(move |key_slot| {
+                        let visible = key_slot <= query_slot
+                            && window.is_none_or(|w| query_slot - key_slot < w)
+                            && real[key_slot] != 0;
+                        if visible {
+                            0.0
+                        } else {
+                            MASKED_SCORE
+                        }
+                    })
                 })
             })
             .collect();
-        let mask = Tensor::from_vec(values, (1, 1, seq, total), &self.device)?.to_dtype(dtype)?;
-        masks.insert(key, mask.clone());
-        Ok(mask)
+        Ok(
+            Tensor::from_vec(values, (rows.len(), 1, seq, total), &self.device)?
+                .to_dtype(inputs.dtype)?,
+        )
     }
 }
 
@@ -496,6 +494,8 @@ pub struct Decoder<P> {
     blocks: Vec<Block<P>>,
     ln_f: LayerNorm,
     hidden_size: usize,
+    /// Dtype of the hidden states (see [`Decoder::with_compute_dtype`]).
+    compute_dtype: DType,
     device: Device,
     masks: MaskBuilder,
 }
@@ -530,12 +530,22 @@ impl<P: QkvProjection> Decoder<P> {
         Ok(Self {
             device: wte.device().clone(),
             masks: MaskBuilder::new(wte.device()),
+            compute_dtype: wte.dtype(),
             wte,
             wpe,
             blocks,
             ln_f,
             hidden_size: dims.hidden_size,
         })
+    }
+
+    /// Runs the forward pass in `dtype` (bf16 for mixed-precision training) while the parameters
+    /// keep theirs: each layer casts its weights to the hidden states' dtype; layer norms, the
+    /// attention softmax and (in [`crate::logprobs`]) the log-softmax run in f32. The default is
+    /// the parameters' dtype.
+    pub fn with_compute_dtype(mut self, dtype: DType) -> Self {
+        self.compute_dtype = dtype;
+        self
     }
 
     fn run(
@@ -550,9 +560,11 @@ impl<P: QkvProjection> Decoder<P> {
             cache.as_deref(),
             self.blocks.len(),
             self.wpe.dim(0)?,
-            self.wte.dtype(),
+            self.compute_dtype,
         )?;
-        let mut hidden = (embed(&self.wte, input_ids)? + embed(&self.wpe, &inputs.positions)?)?;
+        // The rows are looked up in the parameters' dtype and cast once, not the whole tables.
+        let mut hidden = (embed(&self.wte, input_ids)? + embed(&self.wpe, &inputs.positions)?)?
+            .to_dtype(self.compute_dtype)?;
         let mut masks: HashMap<Option<usize>, Tensor> = HashMap::new();
         for (layer, block) in self.blocks.iter().enumerate() {
             let window = block.attn.window;
@@ -598,6 +610,10 @@ impl<P: QkvProjection> CausalLm for Decoder<P> {
     }
 
     fn logits_from_hidden(&self, hidden: &Tensor) -> Result<Tensor> {
-        matmul_last_dim(hidden, &self.wte.t()?)
+        matmul_last_dim(hidden, &self.wte.to_dtype(hidden.dtype())?.t()?)
+    }
+
+    fn lm_head_weight(&self) -> Option<Tensor> {
+        Some(self.wte.clone())
     }
 }

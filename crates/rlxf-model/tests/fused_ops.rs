@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, Var, D};
 use rlxf_model::config::Activation;
-use rlxf_model::fused_ops;
+use rlxf_model::fused_ops::{self, WeightLayout};
 
 fn random(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     // A small LCG keeps the inputs fixed without a random-number dependency.
@@ -242,6 +242,236 @@ fn masked_softmax_rejects_a_mask_that_does_not_broadcast() {
     assert!(error.to_string().contains("does not broadcast"), "{error}");
 }
 
+/// What [`fused_ops::causal_self_attention`] replaces: heads split, `softmax(q k^T * scale + mask)
+/// v` per head, heads merged back.
+fn attention_composition(t: &[Tensor], mask: &Tensor, heads: usize, scale: f64) -> Tensor {
+    let (batch, seq, width) = t[0].dims3().unwrap();
+    let split = |x: &Tensor| {
+        x.reshape((batch, seq, heads, width / heads))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let scores = split(&t[0]).matmul(&split(&t[1]).t().unwrap()).unwrap();
+    let scores = (scores * scale).unwrap().broadcast_add(mask).unwrap();
+    candle_nn::ops::softmax(&scores, D::Minus1)
+        .unwrap()
+        .matmul(&split(&t[2]))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((batch, seq, width))
+        .unwrap()
+}
+
+/// [`attention_mask`] (`keys == queries`) further limited to a sliding window: query `i` sees keys
+/// `i + 1 - window..=i`, as GPT-Neo's local layers.
+fn sliding_window_mask(batch: usize, seq: usize, window: usize, dtype: DType) -> Tensor {
+    let values: Vec<f32> = (0..seq)
+        .flat_map(|q| (0..seq).map(move |k| if q >= k + window { f32::MIN } else { 0.0 }))
+        .collect();
+    let window = Tensor::from_vec(values, (1, 1, seq, seq), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap();
+    attention_mask(batch, seq, seq, dtype)
+        .broadcast_minimum(&window)
+        .unwrap()
+}
+
+/// Query, key and value `[batch, seq, heads * head_dim]` with 3 heads of 4.
+const ATTENTION_SHAPES: &[&[usize]] = &[&[2, 7, 12], &[2, 7, 12], &[2, 7, 12]];
+const ATTENTION_HEADS: usize = 3;
+
+/// The masks attention sees: causal only (`[1, 1, 7, 7]`); causal with the first key of batch row 1
+/// padded, so its first query sees nothing; and a sliding window of 3 on top of that.
+fn attention_masks(dtype: DType) -> [(&'static str, Tensor); 3] {
+    [
+        ("causal", attention_mask(1, 7, 7, dtype)),
+        ("padding", attention_mask(2, 7, 7, dtype)),
+        ("window", sliding_window_mask(2, 7, 3, dtype)),
+    ]
+}
+
+#[test]
+fn causal_self_attention_matches_the_composition() {
+    for dtype in [DType::F64, DType::F32] {
+        let tolerance = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+        for (name, mask) in attention_masks(dtype) {
+            // GPT-Neo does not scale the scores, GPT-2 scales by 1/sqrt(head_dim).
+            for scale in [1.0, 0.5] {
+                println!("{dtype:?}, {name} mask, scale {scale}");
+                let fused = |t: &[Tensor]| {
+                    fused_ops::causal_self_attention(
+                        &t[0],
+                        &t[1],
+                        &t[2],
+                        &mask,
+                        ATTENTION_HEADS,
+                        scale,
+                    )
+                    .unwrap()
+                };
+                let reference =
+                    |t: &[Tensor]| attention_composition(t, &mask, ATTENTION_HEADS, scale);
+                check_against_reference(ATTENTION_SHAPES, dtype, tolerance, fused, reference);
+                // Untracked inputs (inference) keep no probabilities: the same values.
+                let plain: Vec<Tensor> = ATTENTION_SHAPES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, shape)| random(shape, 10 + i as u64, dtype))
+                    .collect();
+                let tracked: Vec<Tensor> = plain
+                    .iter()
+                    .map(|t| Var::from_tensor(t).unwrap().as_tensor().clone())
+                    .collect();
+                assert_eq!(max_abs_diff(&fused(&plain), &fused(&tracked)), 0.0);
+            }
+        }
+    }
+}
+
+/// A padding query that sees no key attends uniformly: its output is the mean of every value row.
+#[test]
+fn causal_self_attention_of_a_fully_masked_query_is_the_mean_value() {
+    let t: Vec<Tensor> = ATTENTION_SHAPES
+        .iter()
+        .enumerate()
+        .map(|(i, shape)| random(shape, 30 + i as u64, DType::F64))
+        .collect();
+    let mask = attention_mask(2, 7, 7, DType::F64);
+    let output =
+        fused_ops::causal_self_attention(&t[0], &t[1], &t[2], &mask, ATTENTION_HEADS, 0.5).unwrap();
+    let padded_query = output.get(1).unwrap().get(0).unwrap();
+    let mean_value = t[2].get(1).unwrap().mean(0).unwrap();
+    assert!(max_abs_diff(&padded_query, &mean_value) < 1e-14);
+    // Batch row 0 is not padded: its first query sees only the first key.
+    let first_query = output.get(0).unwrap().get(0).unwrap();
+    let first_value = t[2].get(0).unwrap().get(0).unwrap();
+    assert!(max_abs_diff(&first_query, &first_value) < 1e-14);
+}
+
+/// GPT-2's query, key and value are strided thirds of one `[batch, seq, 3 * width]` projection:
+/// read in place, with the gradients landing in the right thirds.
+#[test]
+fn causal_self_attention_reads_the_thirds_of_a_fused_projection() {
+    let thirds = |t: &[Tensor]| -> Vec<Tensor> {
+        (0..3)
+            .map(|i| t[0].narrow(2, 12 * i, 12).unwrap())
+            .collect()
+    };
+    for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 2e-5)] {
+        let mask = attention_mask(2, 7, 7, dtype);
+        let fused = |t: &[Tensor]| {
+            let qkv = thirds(t);
+            assert!(!qkv[0].is_contiguous());
+            fused_ops::causal_self_attention(&qkv[0], &qkv[1], &qkv[2], &mask, ATTENTION_HEADS, 0.5)
+                .unwrap()
+        };
+        let reference =
+            |t: &[Tensor]| attention_composition(&thirds(t), &mask, ATTENTION_HEADS, 0.5);
+        check_against_reference(&[&[2, 7, 36]], dtype, tolerance, fused, reference);
+    }
+}
+
+#[test]
+fn causal_self_attention_matches_finite_differences() {
+    let shapes: &[&[usize]] = &[&[1, 4, 4], &[1, 4, 4], &[1, 4, 4]];
+    for mask in [
+        attention_mask(1, 4, 4, DType::F64),
+        sliding_window_mask(1, 4, 2, DType::F64),
+    ] {
+        check_finite_differences(shapes, |t: &[Tensor]| {
+            fused_ops::causal_self_attention(&t[0], &t[1], &t[2], &mask, 2, 0.7).unwrap()
+        });
+    }
+}
+
+/// Backward reads the probabilities forward saved and leaves them: a second backward over the
+/// same graph gives the same gradients.
+#[test]
+fn causal_self_attention_supports_repeated_backward() {
+    let vars: Vec<Var> = ATTENTION_SHAPES
+        .iter()
+        .enumerate()
+        .map(|(i, shape)| Var::from_tensor(&random(shape, 40 + i as u64, DType::F64)).unwrap())
+        .collect();
+    let t: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let mask = sliding_window_mask(2, 7, 3, DType::F64);
+    let reference = weighted_sum(&attention_composition(&t, &mask, ATTENTION_HEADS, 0.5), 5)
+        .backward()
+        .unwrap();
+    let output =
+        fused_ops::causal_self_attention(&t[0], &t[1], &t[2], &mask, ATTENTION_HEADS, 0.5).unwrap();
+    let loss = weighted_sum(&output, 5);
+    for pass in 0..2 {
+        let grads = loss.backward().unwrap();
+        for (i, input) in t.iter().enumerate() {
+            let diff = max_abs_diff(grads.get(input).unwrap(), reference.get(input).unwrap());
+            assert!(
+                diff < 1e-12,
+                "backward {pass}: gradient {i} differs by {diff}"
+            );
+        }
+    }
+}
+
+/// bf16 inputs (a mixed-precision forward) run in f32 and come back in bf16, and their
+/// gradients reach the f32 parameters they were cast from.
+#[test]
+fn causal_self_attention_widens_half_precision() {
+    let vars: Vec<Var> = ATTENTION_SHAPES
+        .iter()
+        .enumerate()
+        .map(|(i, shape)| Var::from_tensor(&random(shape, 50 + i as u64, DType::F32)).unwrap())
+        .collect();
+    let t: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let half: Vec<Tensor> = t.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+    let mask = attention_mask(2, 7, 7, DType::F32);
+    let output =
+        fused_ops::causal_self_attention(&half[0], &half[1], &half[2], &mask, ATTENTION_HEADS, 0.5)
+            .unwrap();
+    assert_eq!(output.dtype(), DType::BF16);
+    let half_wide: Vec<Tensor> = half
+        .iter()
+        .map(|t| t.to_dtype(DType::F32).unwrap())
+        .collect();
+    let reference = attention_composition(&half_wide, &mask, ATTENTION_HEADS, 0.5);
+    // bf16 keeps 8 bits of mantissa: outputs of magnitude ~2 round by up to ~0.008.
+    assert!(max_abs_diff(&output, &reference) < 0.02);
+    let grads = weighted_sum(&output.to_dtype(DType::F32).unwrap(), 5)
+        .backward()
+        .unwrap();
+    let reference_grads = weighted_sum(&reference, 5).backward().unwrap();
+    for input in &t {
+        let grad = grads.get(input).expect("gradient reaches the f32 input");
+        assert_eq!(grad.dtype(), DType::F32);
+        let diff = max_abs_diff(grad, reference_grads.get(input).unwrap());
+        assert!(diff < 0.1, "gradient differs by {diff}");
+    }
+}
+
+#[test]
+fn causal_self_attention_rejects_inputs_that_do_not_fit() {
+    let q = random(&[2, 7, 12], 1, DType::F32);
+    let mask = attention_mask(2, 7, 7, DType::F32);
+    let error = |key: &Tensor, mask: &Tensor, heads: usize| {
+        fused_ops::causal_self_attention(&q, key, &q, mask, heads, 1.0)
+            .unwrap_err()
+            .to_string()
+    };
+    let message = error(&q, &mask, 5);
+    assert!(message.contains("does not split into 5 heads"), "{message}");
+    let message = error(&q.narrow(1, 0, 6).unwrap(), &mask, 3);
+    assert!(message.contains("differ in shape"), "{message}");
+    let message = error(&q, &attention_mask(3, 7, 7, DType::F32), 3);
+    assert!(message.contains("does not broadcast"), "{message}");
+    let message = error(&q, &attention_mask(1, 6, 7, DType::F32), 3);
+    assert!(message.contains("does not broadcast"), "{message}");
+}
+
 #[test]
 fn gelu_matches_candle_and_finite_differences_in_both_variants() {
     let shapes: &[&[usize]] = &[&[3, 50]];
@@ -272,6 +502,68 @@ fn swiglu_matches_the_composition_and_finite_differences() {
 }
 
 #[test]
+fn add_bias_matches_broadcast_add_and_finite_differences() {
+    // 3 * 50 = 150 rows: more than two blocks of the column sums, the last one partial.
+    let shapes: &[&[usize]] = &[&[3, 50, 7], &[7]];
+    let fused = |t: &[Tensor]| fused_ops::add_bias(&t[0], &t[1]).unwrap();
+    let reference = |t: &[Tensor]| t[0].broadcast_add(&t[1]).unwrap();
+    check_against_reference(shapes, DType::F64, 1e-12, fused, reference);
+    check_against_reference(shapes, DType::F32, 1e-4, fused, reference);
+    check_finite_differences(&[&[2, 3, 4], &[4]], fused);
+}
+
+#[test]
+fn add_bias_rejects_a_bias_of_the_wrong_width() {
+    let x = random(&[2, 5], 1, DType::F32);
+    let bias = random(&[4], 2, DType::F32);
+    let message = fused_ops::add_bias(&x, &bias).unwrap_err().to_string();
+    assert!(message.contains("bias [4]"), "{message}");
+}
+
+/// `x · W + b` as candle composes it, with the weight in either checkpoint layout.
+fn linear_composition(t: &[Tensor], layout: WeightLayout) -> Tensor {
+    let weight = match layout {
+        WeightLayout::OutIn => t[1].t().unwrap(),
+        WeightLayout::InOut => t[1].clone(),
+    };
+    let output = t[0].broadcast_matmul(&weight).unwrap();
+    match t.get(2) {
+        Some(bias) => output.broadcast_add(bias).unwrap(),
+        None => output,
+    }
+}
+
+#[test]
+fn linear_matches_the_composition_and_finite_differences_in_both_layouts() {
+    // 2 * 20 = 40 rows take the fused op; 2 * 3 = 6 rows the generation (skinny) path.
+    for (layout, weight) in [(WeightLayout::OutIn, [5, 7]), (WeightLayout::InOut, [7, 5])] {
+        for seq in [20, 3] {
+            let with_bias: &[&[usize]] = &[&[2, seq, 7], &weight, &[5]];
+            let without_bias = &with_bias[..2];
+            for shapes in [with_bias, without_bias] {
+                let fused =
+                    |t: &[Tensor]| fused_ops::linear(&t[0], &t[1], t.get(2), layout).unwrap();
+                let reference = |t: &[Tensor]| linear_composition(t, layout);
+                check_against_reference(shapes, DType::F64, 1e-12, fused, reference);
+                check_against_reference(shapes, DType::F32, 1e-4, fused, reference);
+            }
+        }
+        let fused = |t: &[Tensor]| fused_ops::linear(&t[0], &t[1], t.get(2), layout).unwrap();
+        check_finite_differences(&[&[3, 6, 7], &weight, &[5]], fused);
+    }
+}
+
+#[test]
+fn linear_rejects_a_weight_that_does_not_fit() {
+    let x = random(&[20, 6], 1, DType::F32);
+    let weight = random(&[5, 7], 2, DType::F32);
+    let message = fused_ops::linear(&x, &weight, None, WeightLayout::OutIn)
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("do not fit"), "{message}");
+}
+
+#[test]
 fn token_logprobs_match_log_softmax_gather_and_finite_differences() {
     let targets = Tensor::new(&[3u32, 0, 7, 7, 1], &Device::Cpu).unwrap();
     let shapes: &[&[usize]] = &[&[5, 8]];
@@ -295,6 +587,128 @@ fn token_logprobs_reject_out_of_range_targets() {
     let targets = Tensor::new(&[1u32, 4], &Device::Cpu).unwrap();
     let error = fused_ops::token_logprobs(&logits, &targets).unwrap_err();
     assert!(error.to_string().contains("target 4 of row 1"), "{error}");
+}
+
+/// `log_softmax(hidden · weight^T)` gathered at the targets: what [`fused_ops::lm_head_token_logprobs`]
+/// replaces.
+fn lm_head_composition(hidden: &Tensor, weight: &Tensor, targets: &Tensor) -> Tensor {
+    let logits = hidden.matmul(&weight.t().unwrap()).unwrap();
+    candle_nn::ops::log_softmax(&logits, D::Minus1)
+        .unwrap()
+        .gather(&targets.unsqueeze(1).unwrap(), 1)
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+}
+
+#[test]
+fn lm_head_token_logprobs_match_the_composition_and_finite_differences() {
+    let targets = Tensor::new(&[3u32, 0, 10, 10, 1], &Device::Cpu).unwrap();
+    // hidden [rows, width], weight [vocab, width]
+    let shapes: &[&[usize]] = &[&[5, 6], &[11, 6]];
+    let fused = |t: &[Tensor]| fused_ops::lm_head_token_logprobs(&t[0], &t[1], &targets).unwrap();
+    let reference = |t: &[Tensor]| lm_head_composition(&t[0], &t[1], &targets);
+    check_against_reference(shapes, DType::F64, 1e-10, fused, reference);
+    check_against_reference(shapes, DType::F32, 2e-5, fused, reference);
+    check_finite_differences(shapes, fused);
+}
+
+/// More rows than backward's chunk (256) with masked (`dy = 0`) rows scattered through them: the
+/// weight gradient accumulates over chunks, the hidden gradient lands on the right rows, masked
+/// rows get exactly zero. A second backward over the same graph gives the same gradients.
+#[test]
+fn lm_head_token_logprobs_gradients_over_chunks_masked_rows_and_repeated_backward() {
+    let (rows, width, vocab) = (600, 8, 13);
+    let targets: Vec<u32> = (0..rows).map(|row| (row * 7 % vocab) as u32).collect();
+    let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+    let masked = |row: usize| row % 3 == 1 || (300..420).contains(&row);
+    let mask: Vec<f64> = (0..rows)
+        .map(|row| if masked(row) { 0.0 } else { 1.0 })
+        .collect();
+    let mask = Tensor::new(mask.as_slice(), &Device::Cpu).unwrap();
+    let hidden = Var::from_tensor(&random(&[rows, width], 1, DType::F64)).unwrap();
+    let weight = Var::from_tensor(&random(&[vocab, width], 2, DType::F64)).unwrap();
+    let loss = |output: Tensor| weighted_sum(&(output * &mask).unwrap(), 3);
+
+    let reference = loss(lm_head_composition(&hidden, &weight, &targets))
+        .backward()
+        .unwrap();
+    let fused_loss = loss(fused_ops::lm_head_token_logprobs(&hidden, &weight, &targets).unwrap());
+    for pass in 0..2 {
+        let fused = fused_loss.backward().unwrap();
+        for var in [&hidden, &weight] {
+            let diff = max_abs_diff(
+                fused.get(var.as_tensor()).unwrap(),
+                reference.get(var.as_tensor()).unwrap(),
+            );
+            assert!(diff < 1e-10, "backward {pass}: gradient differs by {diff}");
+        }
+        let hidden_grad = fused
+            .get(hidden.as_tensor())
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap();
+        for (row, grad) in hidden_grad.iter().enumerate() {
+            let zero = grad.iter().all(|&g| g == 0.0);
+            assert_eq!(zero, masked(row), "backward {pass}: row {row}");
+        }
+    }
+}
+
+#[test]
+fn lm_head_token_logprobs_fall_back_to_the_composition() {
+    let targets = Tensor::new(&[2u32, 0, 4], &Device::Cpu).unwrap();
+    let hidden = random(&[3, 4], 1, DType::F32);
+    let weight = random(&[5, 4], 2, DType::F32);
+    let reference = lm_head_composition(&hidden, &weight, &targets);
+    // A strided weight, and half precision (whose logits are upcast to f32 before the softmax).
+    let strided = weight.t().unwrap().contiguous().unwrap().t().unwrap();
+    assert!(!strided.is_contiguous());
+    let from_strided = fused_ops::lm_head_token_logprobs(&hidden, &strided, &targets).unwrap();
+    assert!(max_abs_diff(&from_strided, &reference) < 1e-6);
+    let (hidden, weight) = (
+        hidden.to_dtype(DType::BF16).unwrap(),
+        weight.to_dtype(DType::BF16).unwrap(),
+    );
+    let from_bf16 = fused_ops::lm_head_token_logprobs(&hidden, &weight, &targets).unwrap();
+    assert_eq!(from_bf16.dtype(), DType::F32);
+    assert!(max_abs_diff(&from_bf16, &reference) < 0.1);
+    // bf16 hidden states over an f32 weight (mixed precision): the weight is cast in the product
+    // and its gradient comes back in f32.
+    let weight = Var::from_tensor(&random(&[5, 4], 2, DType::F32)).unwrap();
+    let mixed = fused_ops::lm_head_token_logprobs(&hidden, &weight, &targets).unwrap();
+    assert_eq!(mixed.dtype(), DType::F32);
+    assert!(max_abs_diff(&mixed, &reference) < 0.1);
+    let grads = mixed.sum_all().unwrap().backward().unwrap();
+    let weight_grad = grads.get(weight.as_tensor()).unwrap();
+    let reference_grad =
+        lm_head_composition(&hidden.to_dtype(DType::F32).unwrap(), &weight, &targets)
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+    assert_eq!(weight_grad.dtype(), DType::F32);
+    assert!(max_abs_diff(weight_grad, reference_grad.get(weight.as_tensor()).unwrap()) < 0.05);
+}
+
+#[test]
+fn lm_head_token_logprobs_reject_out_of_range_targets_and_mismatched_shapes() {
+    let hidden = random(&[3, 4], 1, DType::F32);
+    let weight = random(&[5, 4], 2, DType::F32);
+    let targets = Tensor::new(&[1u32, 0, 5], &Device::Cpu).unwrap();
+    let error = fused_ops::lm_head_token_logprobs(&hidden, &weight, &targets).unwrap_err();
+    assert!(error.to_string().contains("target 5 of row 2"), "{error}");
+    let narrow = random(&[5, 3], 2, DType::F32);
+    let targets = Tensor::new(&[1u32, 0, 4], &Device::Cpu).unwrap();
+    let error = fused_ops::lm_head_token_logprobs(&hidden, &narrow, &targets).unwrap_err();
+    assert!(error.to_string().contains("does not match"), "{error}");
+    let error =
+        fused_ops::lm_head_token_logprobs(&hidden, &weight, &targets.narrow(0, 0, 2).unwrap())
+            .unwrap_err();
+    assert!(
+        error.to_string().contains("2 targets for 3 rows"),
+        "{error}"
+    );
 }
 
 #[test]

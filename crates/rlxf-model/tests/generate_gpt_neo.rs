@@ -143,3 +143,56 @@ fn sampled_logprobs_match_continuation_logprobs_and_batching() {
         );
     }
 }
+
+/// Rows reach the context at different steps: each finishes `ContextFull` at its own limit and the
+/// others go on, exactly as each does alone. The padded batch then holds more slots than the
+/// context (the long prompt's width plus every step), which used to fail the whole batch with
+/// `SequenceTooLong`.
+#[test]
+fn rows_finish_at_their_own_context_limit_while_the_others_continue() {
+    let tokenizer = Tokenizer::gpt2();
+    let greedy = GenerationConfig {
+        stop_at_eos: false,
+        ..GenerationConfig::greedy(25)
+    };
+    let prompt = |len: u32| {
+        (0..len)
+            .map(|i| (i * 7919 + len) % 50_000)
+            .collect::<Vec<u32>>()
+    };
+    let prompts = [prompt(28), prompt(10), prompt(3)];
+    // The tiny models with a 32-token context (GPT-Neo's local window, 16, still shorter).
+    for config in [
+        ModelConfig::GptNeo(GptNeoConfig {
+            max_position_embeddings: 32,
+            ..GptNeoConfig::tiny()
+        }),
+        ModelConfig::Gpt2(Gpt2Config {
+            n_positions: 32,
+            ..Gpt2Config::tiny()
+        }),
+        ModelConfig::Llama(LlamaConfig {
+            max_position_embeddings: 32,
+            ..LlamaConfig::tiny()
+        }),
+    ] {
+        let model = LoadedModel::init_random(config, 5, &Device::Cpu, DType::F32).unwrap();
+        let context = model.max_context();
+        let outputs = generate(&model, &tokenizer, &prompts, &greedy).unwrap();
+        let expected = [
+            (FinishReason::ContextFull, context - 28),
+            (FinishReason::ContextFull, context - 10),
+            (FinishReason::MaxNewTokens, 25),
+        ];
+        for ((prompt, output), (reason, generated)) in prompts.iter().zip(&outputs).zip(expected) {
+            assert_eq!(output.finish_reason, reason);
+            assert_eq!(output.token_ids.len(), generated);
+            let alone =
+                generate(&model, &tokenizer, std::slice::from_ref(prompt), &greedy).unwrap();
+            assert_eq!(alone[0].token_ids, output.token_ids);
+            for (got, want) in output.logprobs.iter().zip(&alone[0].logprobs) {
+                assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+            }
+        }
+    }
+}

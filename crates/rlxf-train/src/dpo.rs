@@ -328,7 +328,7 @@ pub fn run(
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
     config.validate(origin)?;
-    let bundle = setup::load_model(&config.model, config.train.seed)?;
+    let bundle = setup::load_model_for(&config.model, &config.train)?;
     config
         .lengths()
         .validate(origin, bundle.model.max_context())?;
@@ -359,7 +359,7 @@ pub fn run(
         None => {
             let cache = match &config.reference {
                 Some(source) => reference_logprobs(
-                    &setup::load_model(source, config.train.seed)?.model,
+                    &setup::load_model_for(source, &config.train)?.model,
                     &all,
                     pad_id,
                     batch,

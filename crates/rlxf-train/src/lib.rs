@@ -27,4 +27,6 @@ pub mod trainer;
 pub use error::{Result, TrainError};
 pub use optim::{AdamW, AdamWConfig, NamedParam};
 pub use schedule::{Decay, Schedule};
-pub use trainer::{train, LoopConfig, Objective, RunOptions, Silent, TrainObserver, TrainSummary};
+pub use trainer::{
+    train, LoopConfig, Objective, Precision, RunOptions, Silent, TrainObserver, TrainSummary,
+};

@@ -23,6 +23,7 @@ use std::path::Path;
 use candle_core::{
     backprop::GradStore, CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var, WithDType,
 };
+use rayon::prelude::*;
 
 use crate::error::{Result, TrainError};
 
@@ -138,7 +139,27 @@ struct AdamWKernel<'a> {
     moments: &'a RefCell<Moments>,
 }
 
+/// Elements one rayon task updates: enough to amortise scheduling, small enough that every
+/// parameter tensor of a 125M model spreads over the threads.
+const ELEMENTS_PER_TASK: usize = 1 << 14;
+
+/// Updates the parameter in chunks on every thread (each element's update is independent).
 fn update<T: WithDType>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], s: UpdateScalars) {
+    param
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(grad.par_chunks(ELEMENTS_PER_TASK))
+        .zip(m.par_chunks_mut(ELEMENTS_PER_TASK))
+        .zip(v.par_chunks_mut(ELEMENTS_PER_TASK))
+        .for_each(|(((param, grad), m), v)| update_chunk(param, grad, m, v, s));
+}
+
+fn update_chunk<T: WithDType>(
+    param: &mut [T],
+    grad: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    s: UpdateScalars,
+) {
     for (((p, &g), m), v) in param
         .iter_mut()
         .zip(grad)

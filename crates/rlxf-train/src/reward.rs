@@ -209,7 +209,7 @@ pub fn run(
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
     config.train.validate(origin)?;
-    let bundle = setup::load_model(&config.model, config.train.seed)?;
+    let bundle = setup::load_model_for(&config.model, &config.train)?;
     config
         .lengths()
         .validate(origin, bundle.model.max_context())?;

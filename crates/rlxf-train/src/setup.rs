@@ -13,6 +13,7 @@ use rlxf_model::{
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::trainer::LoopConfig;
 
 /// Model sources that build a freshly initialised model instead of loading one, with the GPT-2
 /// tokenizer: for tests, smoke runs, and from-scratch baselines.
@@ -63,6 +64,16 @@ pub fn load_model(source: &str, seed: u64) -> Result<ModelBundle> {
         tokenizer: load_tokenizer(&dir)?,
         template: ChatTemplate::for_model_dir(&dir)?,
     })
+}
+
+/// [`load_model`] for a trainer: initialised from `train.seed`, its forward pass in
+/// `train.precision` (the parameters stay f32).
+pub fn load_model_for(source: &str, train: &LoopConfig) -> Result<ModelBundle> {
+    let mut bundle = load_model(source, train.seed)?;
+    bundle
+        .model
+        .set_compute_dtype(train.precision.compute_dtype())?;
+    Ok(bundle)
 }
 
 /// Where the preference pairs come from (the `[data]` table of a config).

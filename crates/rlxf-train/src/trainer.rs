@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -60,6 +60,57 @@ pub struct LoopConfig {
     pub save_every: u64,
     /// Checkpoints kept on disk (the newest ones).
     pub keep_checkpoints: usize,
+    /// Forward-pass precision: "f32", or "bf16" (mixed precision: f32 master weights, optimiser
+    /// and loss). Left out of the resolved config when f32, so the keys of runs made before the
+    /// field existed (all f32) still match.
+    #[serde(skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
+}
+
+/// The dtype a trainer's forward pass computes in (`[train] precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 weights (cast from the f32 masters in every forward) and activations; norms, the
+    /// attention softmax, log-probs and losses in f32, as PyTorch's bf16 autocast. See
+    /// [`rlxf_model::LoadedModel::set_compute_dtype`].
+    Bf16,
+}
+
+impl Precision {
+    /// The model's compute dtype.
+    pub fn compute_dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// The name configs use: `f32` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// Parses the names configs use (serde's, so the two cannot drift apart).
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        use serde::de::IntoDeserializer;
+        Self::deserialize(text.into_deserializer())
+            .map_err(|err: serde::de::value::Error| err.to_string())
+    }
 }
 
 impl Default for LoopConfig {
@@ -82,6 +133,7 @@ impl Default for LoopConfig {
             eval_every: 0,
             save_every: 0,
             keep_checkpoints: 2,
+            precision: Precision::F32,
         }
     }
 }

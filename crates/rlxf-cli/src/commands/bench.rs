@@ -14,14 +14,15 @@ use clap::{Args, ValueEnum};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rlxf_model::{
-    generate, CausalLm, GenerationConfig, GptNeoConfig, LoadedModel, ModelConfig, Tokenizer,
+    generate, token_logprobs_from_hidden, CausalLm, GenerationConfig, GptNeoConfig, LoadedModel,
+    ModelConfig, Tokenizer,
 };
 use rlxf_train::dpo::{reference_logprobs, DpoObjective};
 use rlxf_train::losses::DpoLossConfig;
 use rlxf_train::optim::{named_params, AdamW, AdamWConfig};
 use rlxf_train::setup::EncodedPair;
 use rlxf_train::sft::{SftExample, SftObjective};
-use rlxf_train::Objective;
+use rlxf_train::{Objective, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::Ctx;
@@ -48,11 +49,17 @@ pub struct BenchArgs {
     #[arg(long, default_value = "python3")]
     python: String,
 
-    /// Training precisions the reference runs the `train` workload in, comma-separated: `f32`
-    /// and `bf16` (autocast). bf16 autocast is emulated, and very slow, on CPUs without
-    /// AVX512-BF16/AMX.
-    #[arg(long, default_value = "f32,bf16")]
-    reference_precisions: String,
+    /// Precisions both engines run the `train` workload in, comma-separated: `f32` and `bf16`
+    /// (mixed precision: PyTorch's autocast; rlxf's `[train] precision = "bf16"`, bf16 compute
+    /// over f32 master weights). bf16 autocast is emulated, and very slow, on CPUs without
+    /// AVX512-BF16/AMX; candle's CPU matmul has no bf16 kernel either.
+    #[arg(
+        long,
+        alias = "reference-precisions",
+        value_delimiter = ',',
+        default_value = "f32,bf16"
+    )]
+    precisions: Vec<Precision>,
 
     /// Skip the PyTorch reference (rlxf numbers only).
     #[arg(long)]
@@ -69,6 +76,8 @@ pub struct BenchArgs {
     batch: usize,
     #[arg(long, hide = true, default_value_t = 128)]
     seq: usize,
+    #[arg(long, hide = true, default_value = "f32")]
+    precision: Precision,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -179,11 +188,21 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
     }
 
     let mut ours = Vec::new();
-    for (workload, batch, seq) in workloads(args.only) {
+    for (workload, batch, seq, precision) in workloads(args.only, &args.precisions) {
         if !ctx.quiet {
-            eprintln!("rlxf: {workload:?} batch {batch} seq {seq} ...");
+            eprintln!(
+                "rlxf: {workload:?} batch {batch} seq {seq} {} ...",
+                precision.name()
+            );
         }
-        ours.push(run_child(&args, ctx.threads, workload, batch, seq)?);
+        ours.push(run_child(
+            &args,
+            ctx.threads,
+            workload,
+            batch,
+            seq,
+            precision,
+        )?);
     }
     let reference = if args.no_reference {
         Vec::new()
@@ -211,24 +230,38 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Training-like steps at 4x128 and 4x256 tokens (the raw step, SFT, DPO), greedy generation
-/// at batch 1 and 8, and an RL rollout and PPO step on 4 prompts; `only` keeps one kind.
-fn workloads(only: Option<WorkloadKind>) -> Vec<(WorkloadKind, usize, usize)> {
+/// Training-like steps at 4x128 and 4x256 tokens (the raw step in each of `precisions`, SFT,
+/// DPO), greedy generation at batch 1 and 8, and an RL rollout and PPO step on 4 prompts; `only`
+/// keeps one kind. The workloads other than `train` run in f32.
+fn workloads(
+    only: Option<WorkloadKind>,
+    precisions: &[Precision],
+) -> Vec<(WorkloadKind, usize, usize, Precision)> {
     let mut list = Vec::new();
-    for kind in [WorkloadKind::Train, WorkloadKind::Sft, WorkloadKind::Dpo] {
+    if only.is_none_or(|only| only == WorkloadKind::Train) {
+        for &precision in precisions {
+            for seq in [128, 256] {
+                list.push((WorkloadKind::Train, 4, seq, precision));
+            }
+        }
+    }
+    for kind in [WorkloadKind::Sft, WorkloadKind::Dpo] {
         if only.is_none_or(|only| only == kind) {
-            list.extend([(kind, 4, 128), (kind, 4, 256)]);
+            list.extend([
+                (kind, 4, 128, Precision::F32),
+                (kind, 4, 256, Precision::F32),
+            ]);
         }
     }
     if only.is_none_or(|only| only == WorkloadKind::Generate) {
         list.extend([
-            (WorkloadKind::Generate, 1, PROMPT_LEN),
-            (WorkloadKind::Generate, 8, PROMPT_LEN),
+            (WorkloadKind::Generate, 1, PROMPT_LEN, Precision::F32),
+            (WorkloadKind::Generate, 8, PROMPT_LEN, Precision::F32),
         ]);
     }
     for kind in [WorkloadKind::Rollout, WorkloadKind::Ppo] {
         if only.is_none_or(|only| only == kind) {
-            list.push((kind, 4, PROMPT_LEN));
+            list.push((kind, 4, PROMPT_LEN, Precision::F32));
         }
     }
     list
@@ -241,6 +274,7 @@ fn run_child(
     workload: WorkloadKind,
     batch: usize,
     seq: usize,
+    precision: Precision,
 ) -> anyhow::Result<BenchResult> {
     let exe = std::env::current_exe().context("locating the rlxf binary")?;
     let workload_name = workload.name();
@@ -260,6 +294,7 @@ fn run_child(
             &batch.to_string(),
         ])
         .args(["--seq", &seq.to_string(), "--threads", &threads.to_string()])
+        .args(["--precision", precision.name()])
         .output()
         .context("starting the benchmark child process")?;
     if !output.status.success() {
@@ -298,7 +333,7 @@ fn run_reference(args: &BenchArgs, threads: usize) -> anyhow::Result<Vec<BenchRe
             &PROMPT_LEN.to_string(),
         ])
         .args(["--new-tokens", &NEW_TOKENS.to_string()])
-        .args(["--precisions", &args.reference_precisions]);
+        .args(["--precisions", &precision_list(&args.precisions)]);
     if let Some(only) = args.only {
         command.args(["--only", only.name()]);
     }
@@ -319,6 +354,15 @@ fn run_reference(args: &BenchArgs, threads: usize) -> anyhow::Result<Vec<BenchRe
             serde_json::from_str(line).with_context(|| format!("parsing reference result {line}"))
         })
         .collect()
+}
+
+/// `precisions` as the reference script's `--precisions` takes them.
+fn precision_list(precisions: &[Precision]) -> String {
+    precisions
+        .iter()
+        .map(|precision| precision.name())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn print_table(ours: &[BenchResult], reference: &[BenchResult]) {
@@ -367,10 +411,12 @@ fn random_ids(batch: usize, seq: usize, vocab: usize) -> Vec<Vec<u32>> {
 }
 
 /// Forward, backward and an AdamW step of next-token cross-entropy over every position, as
-/// `model(input_ids=ids, labels=ids).loss.backward(); optimizer.step()` does in the reference.
+/// `model(input_ids=ids, labels=ids).loss.backward(); optimizer.step()` does in the reference;
+/// in bf16 the forward computes in bf16 over the f32 parameters, as the reference's autocast.
 fn bench_train(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let device = Device::Cpu;
-    let model = LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?;
+    let mut model = LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?;
+    model.set_compute_dtype(args.precision.compute_dtype())?;
     let vocab = model.vocab_size();
     let rows = random_ids(args.batch, args.seq, vocab);
     let ids = Tensor::new(rows, &device)?;
@@ -378,12 +424,11 @@ fn bench_train(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let mut optimizer = AdamW::new(named_params(&model.varmap), AdamWConfig::default())?;
     let mut step = || -> anyhow::Result<()> {
         // The LM head runs on the `seq - 1` positions that have a target (transformers computes
-        // logits for all `seq` and drops the last), and the loss is the fused token log-prob
-        // kernel the trainers use.
+        // logits for all `seq` and drops the last), and the loss is the fused LM-head + token
+        // log-prob kernel the trainers use.
         let hidden = model.hidden_states(&ids, None, None)?;
         let predicting = hidden.narrow(1, 0, args.seq - 1)?.flatten_to(1)?;
-        let logits = model.logits_from_hidden(&predicting)?;
-        let loss = rlxf_model::fused_ops::token_logprobs(&logits, &targets)?
+        let loss = token_logprobs_from_hidden(&model, &predicting, &targets)?
             .mean_all()?
             .neg()?;
         let grads = loss.backward()?;
@@ -397,7 +442,7 @@ fn bench_train(args: &BenchArgs) -> anyhow::Result<BenchResult> {
         workload: WorkloadKind::Train,
         batch: args.batch,
         seq: Some(args.seq),
-        precision: Some("f32".into()),
+        precision: Some(args.precision.name().into()),
         tokens_per_s: (args.batch * args.seq) as f64 / seconds,
         seconds_per_step: Some(seconds),
         peak_rss_mb: peak_rss_mb()?,

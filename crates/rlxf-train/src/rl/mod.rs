@@ -95,11 +95,14 @@ pub fn run<P: AlgorithmParams>(
 ) -> Result<RlSummary> {
     config.validate(origin)?;
     let seed = config.train.seed;
-    let bundle = setup::load_model(&config.model, seed)?;
+    let bundle = setup::load_model_for(&config.model, &config.train)?;
     config
         .rollout
         .validate(origin, rlxf_model::CausalLm::max_context(&bundle.model))?;
-    let reference = setup::load_model(config.reference.as_deref().unwrap_or(&config.model), seed)?;
+    let reference = setup::load_model_for(
+        config.reference.as_deref().unwrap_or(&config.model),
+        &config.train,
+    )?;
     let prompts = load_prompts(
         &config.prompts,
         &bundle,
