@@ -1,29 +1,13 @@
 //! The fused kernels against the differentiable compositions they replace (forward values and
 //! every gradient) and against central finite differences in f64.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var, D};
 use rlxf_model::config::Activation;
 use rlxf_model::fused_ops::{self, WeightLayout};
 
-fn random(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
-    // A small LCG keeps the inputs fixed without a random-number dependency.
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let count: usize = shape.iter().product();
-    let values: Vec<f64> = (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
-}
+use common::random_tensor as random;
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())

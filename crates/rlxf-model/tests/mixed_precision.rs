@@ -16,8 +16,8 @@ use rlxf_model::{
 };
 
 use common::{
-    ids, max_abs_diff, random_model, small_gpt2_config, small_llama_config, small_neo_config,
-    small_untied_llama_config,
+    ids, max_abs_diff, random_model, random_tensor, small_gpt2_config, small_llama_config,
+    small_neo_config, small_untied_llama_config,
 };
 
 fn architectures() -> Vec<(&'static str, ModelConfig)> {
@@ -244,21 +244,6 @@ fn bf16_generation_with_the_kv_cache_scores_like_f32() {
     }
 }
 
-/// Random f32 values in [-2, 2) from a small LCG.
-fn random(shape: &[usize], seed: u64) -> Tensor {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    let count: usize = shape.iter().product();
-    let values: Vec<f32> = (0..count)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-        })
-        .collect();
-    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-}
-
 /// Runs `op` on bf16 activations (the first input) with f32 weights (the others) and checks it
 /// against the f32 kernel on the same (bf16-representable) values: the output in
 /// `expected_dtype`, equal to the f32 result after the same rounding, and f32 gradients for the
@@ -274,7 +259,7 @@ fn check_widened(
         .enumerate()
         .map(|(i, shape)| {
             // Round to bf16 first so both paths see exactly the same numbers.
-            random(shape, 3 + i as u64)
+            random_tensor(shape, 3 + i as u64, DType::F32)
                 .to_dtype(DType::BF16)
                 .unwrap()
                 .to_dtype(DType::F32)
@@ -301,7 +286,7 @@ fn check_widened(
     let rounded = expected.to_dtype(expected_dtype).unwrap();
     assert_eq!(max_abs_diff(&output, &rounded), 0.0, "{name}: values");
 
-    let weights = random(expected.dims(), 99);
+    let weights = random_tensor(expected.dims(), 99, DType::F32);
     let loss = |out: &Tensor| {
         (out.to_dtype(DType::F32).unwrap() * &weights)
             .unwrap()
@@ -355,7 +340,9 @@ fn fused_wrappers_widen_bf16_inputs_to_the_f32_kernels() {
         DType::F32,
         |t| fused_ops::lm_head_token_logprobs(&t[0], &t[1], &targets).unwrap(),
     );
-    let logits = random(&[5, 9], 4).to_dtype(DType::BF16).unwrap();
+    let logits = random_tensor(&[5, 9], 4, DType::F32)
+        .to_dtype(DType::BF16)
+        .unwrap();
     let entropy = fused_ops::softmax_entropy(&logits).unwrap();
     let expected = fused_ops::softmax_entropy(&logits.to_dtype(DType::F32).unwrap()).unwrap();
     assert_eq!(entropy.dtype(), DType::F32);

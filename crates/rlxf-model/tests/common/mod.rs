@@ -12,6 +12,27 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A tensor of fixed pseudo-random values in [-2, 2) (a small LCG keeps the inputs fixed without a
+/// random-number dependency).
+pub fn random_tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let count: usize = shape.iter().product();
+    let values: Vec<f64> = (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) * 4.0 - 2.0
+        })
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
