@@ -103,13 +103,23 @@ fn fusable(tensor: &Tensor) -> bool {
     tensor.device().is_cpu() && matches!(tensor.dtype(), DType::F32 | DType::F64)
 }
 
+/// The dtype the kernels (and softmax-like reductions generally: attention scores, log-sums-exp
+/// over a vocabulary) run in for inputs of `dtype`: `f64` for `f64`, `f32` otherwise, since a
+/// log-sum-exp over 50k half-precision logits loses the target's probability.
+pub(crate) fn kernel_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F64 => DType::F64,
+        _ => DType::F32,
+    }
+}
+
 /// `inputs` cast to the dtype the kernels run in for the first of them: `f64` for `f64`, `f32`
 /// for everything else. Half-precision (`bf16`, `f16`) tensors of a mixed-precision forward have
 /// no kernels, and PyTorch autocast runs norms, softmax and log-softmax in `f32` too; weights
 /// in another dtype than the activations (f32 masters of a bf16 forward) join them. `None` when
 /// every input already has that dtype, so the f32 and f64 paths copy nothing.
 fn in_kernel_dtype<const N: usize>(inputs: [&Tensor; N]) -> Result<Option<[Tensor; N]>> {
-    let dtype = logprob_dtype(inputs[0].dtype());
+    let dtype = kernel_dtype(inputs[0].dtype());
     if inputs.iter().all(|input| input.dtype() == dtype) {
         return Ok(None);
     }
@@ -932,15 +942,6 @@ use gemm::{gemm_into, gemm_into_with, gemm_raw, MatrixView, SavedForBackward};
 
 // ---------------------------------------------------------------------------------------------
 // LM head and target-token log-probabilities in one op
-
-/// The dtype log-probabilities over a vocabulary are computed in: `f64` for `f64` inputs, `f32`
-/// otherwise, since a log-sum-exp over 50k half-precision logits loses the target's probability.
-pub(crate) fn logprob_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::F64 => DType::F64,
-        _ => DType::F32,
-    }
-}
 
 mod lm_head;
 pub use lm_head::lm_head_token_logprobs;

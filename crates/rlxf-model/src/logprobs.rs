@@ -204,11 +204,8 @@ pub fn token_logprobs_from_hidden(
 ) -> Result<Tensor> {
     match model.lm_head_weight() {
         Some(weight) => fused_ops::lm_head_token_logprobs(hidden, &weight, targets),
-        None => {
-            let logits = model.logits_from_hidden(hidden)?;
-            let dtype = fused_ops::logprob_dtype(logits.dtype());
-            fused_ops::token_logprobs(&logits.to_dtype(dtype)?, targets)
-        }
+        // `token_logprobs` widens half-precision logits to f32 itself.
+        None => fused_ops::token_logprobs(&model.logits_from_hidden(hidden)?, targets),
     }
 }
 

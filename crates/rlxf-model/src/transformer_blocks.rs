@@ -252,7 +252,7 @@ pub(crate) fn attend(
 ) -> Result<Tensor> {
     let (batch, heads, seq, head_dim) = query.dims4()?;
     // Like HF, compute scores and softmax in at least f32 even for half-precision weights.
-    let score_dtype = score_dtype(value.dtype());
+    let score_dtype = fused_ops::kernel_dtype(value.dtype());
     let scores = query
         .to_dtype(score_dtype)?
         .matmul(&key.to_dtype(score_dtype)?.t()?)?;
@@ -262,13 +262,6 @@ pub(crate) fn attend(
         .matmul(value)?
         .transpose(1, 2)?
         .reshape((batch, seq, heads * head_dim))?)
-}
-
-pub(crate) fn score_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::F64 => DType::F64,
-        _ => DType::F32,
-    }
 }
 
 /// A pre-norm transformer block.
@@ -406,7 +399,7 @@ impl MaskBuilder {
             positions: self.positions(batch, seq, past, padding.as_deref())?,
             seq,
             total,
-            dtype: score_dtype(model_dtype),
+            dtype: fused_ops::kernel_dtype(model_dtype),
             padding,
         })
     }

@@ -7,8 +7,8 @@ use num_traits::Zero;
 use rayon::prelude::*;
 
 use super::{
-    fusable, gemm_into, in_kernel_dtype, log_sum_exp, logprob_dtype, slice_of, target_of,
-    token_logprobs, MatrixView, Real, SavedForBackward,
+    fusable, gemm_into, in_kernel_dtype, log_sum_exp, slice_of, target_of, token_logprobs,
+    MatrixView, Real, SavedForBackward,
 };
 use crate::error::Result;
 
@@ -233,13 +233,9 @@ pub fn lm_head_token_logprobs(
             targets.dim(0)?
         )));
     }
-    let fused = fusable(hidden)
-        && fusable(weight)
-        && hidden.dtype() == weight.dtype()
-        && weight.is_contiguous();
-    if !fused {
-        let logits = hidden.matmul(&weight.to_dtype(hidden.dtype())?.t()?)?;
-        return token_logprobs(&logits.to_dtype(logprob_dtype(logits.dtype()))?, &targets);
+    // `in_kernel_dtype` above left `hidden` and `weight` in one kernel dtype.
+    if !(fusable(hidden) && fusable(weight) && weight.is_contiguous()) {
+        return token_logprobs(&hidden.matmul(&weight.t()?)?, &targets);
     }
     Ok(hidden
         .contiguous()?
