@@ -187,19 +187,26 @@ impl LoadedModel {
     /// every layer stays alive until the output is dropped, which on long prompts costs gigabytes.
     /// The variables stay in `varmap` (a scalar head still loads from them).
     pub fn into_inference(self) -> Result<Self> {
-        let model = build_over_varmap(
+        let model = self.inference_model()?;
+        Ok(Self {
+            model,
+            inference: true,
+            ..self
+        })
+    }
+
+    /// A view of this model for inference only, as [`Self::into_inference`] builds it, while
+    /// `self` stays trainable: for sampling from, or scoring with, a policy between its updates.
+    /// The view shares the variables' storage, so it sees every in-place update of them.
+    pub fn inference_model(&self) -> Result<DynCausalLm> {
+        build_over_varmap(
             &self.config,
             &self.varmap,
             self.dtype,
             self.compute_dtype,
             true,
             self.model.device(),
-        )?;
-        Ok(Self {
-            model,
-            inference: true,
-            ..self
-        })
+        )
     }
 
     /// Runs the forward pass in `dtype` while the parameters stay in [`Self::dtype`]: with bf16

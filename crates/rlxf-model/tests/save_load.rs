@@ -303,6 +303,34 @@ fn an_inference_model_gives_the_same_logits_without_an_autograd_graph() {
 }
 
 #[test]
+fn an_inference_view_follows_the_trainable_model_without_an_autograd_graph() {
+    let model = random_model(small_neo_config(), 3, DType::F32);
+    let view = model.inference_model().unwrap();
+    let input = ids(&[&TOKENS]);
+    let logits = view.forward(&input, None, None).unwrap();
+    assert!(!logits.track_op(), "the view must not record ops");
+    let trained_logits = model.forward(&input, None, None).unwrap();
+    assert!(
+        trained_logits.track_op(),
+        "the model itself stays trainable"
+    );
+    assert_eq!(max_abs_diff(&logits, &trained_logits), 0.0);
+
+    // An update of the variables in place (as the optimiser makes) shows through the view
+    // built before it.
+    for var in model.varmap.all_vars() {
+        var.set(&(var.as_tensor() * 0.5).unwrap()).unwrap();
+    }
+    let updated = view.forward(&input, None, None).unwrap();
+    let expected = model.forward(&input, None, None).unwrap();
+    assert_eq!(max_abs_diff(&updated, &expected), 0.0);
+    assert!(
+        max_abs_diff(&updated, &logits) > 1e-3,
+        "the update changed the logits"
+    );
+}
+
+#[test]
 fn a_saved_model_keeps_the_tokenizer_files_of_the_directory_it_came_from() {
     let temp = tempfile::tempdir().unwrap();
     let source = temp.path().join("source");

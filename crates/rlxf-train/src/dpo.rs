@@ -91,7 +91,7 @@ impl DpoConfig {
 /// Summed log-probs of the chosen and of the rejected replies, each `[pairs]`, and the tokens
 /// processed, from one right-padded forward pass over `2 × pairs` rows.
 pub fn pair_logprob_sums(
-    model: &LoadedModel,
+    model: &dyn CausalLm,
     pairs: &[&EncodedPair],
     pad_id: u32,
 ) -> Result<(Tensor, Tensor, usize)> {
@@ -123,10 +123,12 @@ pub fn reference_logprobs(
     pad_id: u32,
     batch_size: usize,
 ) -> Result<HashMap<String, (f64, f64)>> {
+    // Through detached variables: no autograd graph keeps a chunk's activations alive.
+    let frozen = reference.inference_model()?;
     let mut cache = HashMap::with_capacity(pairs.len());
     for chunk in pairs.chunks(batch_size.max(1)) {
         let refs: Vec<&EncodedPair> = chunk.iter().collect();
-        let (chosen, rejected, _) = pair_logprob_sums(reference, &refs, pad_id)?;
+        let (chosen, rejected, _) = pair_logprob_sums(frozen.as_ref(), &refs, pad_id)?;
         let (chosen, rejected) = (to_f64s(&chosen.detach())?, to_f64s(&rejected.detach())?);
         for ((pair, c), r) in chunk.iter().zip(chosen).zip(rejected) {
             cache.insert(pair.id.clone(), (c, r));

@@ -526,7 +526,9 @@ fn bench_objective(args: &BenchArgs, workload: WorkloadKind) -> anyhow::Result<B
 /// Greedy decoding of exactly `NEW_TOKENS` tokens (EOS ignored) from random prompts.
 fn bench_generate(args: &BenchArgs) -> anyhow::Result<BenchResult> {
     let device = Device::Cpu;
-    let model = LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?;
+    // Inference only, as transformers' `generate` runs under `torch.no_grad()`.
+    let model =
+        LoadedModel::init_random(args.size.config(), 0, &device, DType::F32)?.into_inference()?;
     let tokenizer = Tokenizer::gpt2();
     let prompts = random_ids(args.batch, PROMPT_LEN, model.vocab_size());
     let config = GenerationConfig {

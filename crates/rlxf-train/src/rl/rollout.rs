@@ -112,7 +112,7 @@ pub struct TokenScores {
 /// Runs `model` once over the rows and scores each response token at temperature `temperature`
 /// (and reads `value_head`, if given, at the same positions).
 pub fn score_tokens(
-    model: &LoadedModel,
+    model: &dyn CausalLm,
     value_head: Option<&ScalarHead>,
     prompts: &[Vec<u32>],
     responses: &[Vec<u32>],
@@ -198,7 +198,17 @@ pub fn rollout(
         stop_strings: Vec::new(),
         stop_at_eos: true,
     };
-    let generations = generate_keyed(&policy.model, tokenizer, &row_prompts, &keys, &generation)?;
+    // Sampling and scoring go through a view of the policy that records no autograd graph:
+    // nothing here is differentiated, and a graph would keep every activation of every decode
+    // step and scoring pass alive.
+    let sampler = policy.model.inference_model()?;
+    let generations = generate_keyed(
+        sampler.as_ref(),
+        tokenizer,
+        &row_prompts,
+        &keys,
+        &generation,
+    )?;
 
     let mut samples = Vec::with_capacity(rows.len());
     let chunks = rows
@@ -212,7 +222,7 @@ pub fn rollout(
             .collect();
         let lengths: Vec<usize> = responses.iter().map(Vec::len).collect();
         let policy_scores = score_tokens(
-            &policy.model,
+            sampler.as_ref(),
             policy.value_head.as_ref(),
             &prompts,
             &responses,

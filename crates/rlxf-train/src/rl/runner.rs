@@ -103,6 +103,7 @@ pub struct RlParts {
     pub policy: Policy,
     /// The value head's variables (empty without a head).
     pub value_head_vars: VarMap,
+    /// Frozen: read through detached variables (see [`LoadedModel::into_inference`]).
     pub reference: LoadedModel,
     pub tokenizer: Tokenizer,
     pub prompts: Vec<Prompt>,
@@ -144,7 +145,9 @@ impl RlParts {
                 value_head: head,
             },
             value_head_vars,
-            reference,
+            // Its forward passes record no autograd graph, which would keep every activation
+            // of a scoring pass alive until its log-probs are dropped.
+            reference: reference.into_inference()?,
             tokenizer,
             prompts,
             reward,
