@@ -71,9 +71,10 @@ impl Metric for SupportSimilarityMetric {
         MetricInfo {
             name: "support_similarity".into(),
             kind: MetricKind::Mean,
-            description:
-                "cosine similarity (MiniLM) of the reply to the nearest reference supportive reply"
-                    .into(),
+            description: format!(
+                "cosine similarity ({}) of the reply to the nearest reference supportive reply",
+                self.encoder.name()
+            ),
             higher_is_better: Some(true),
         }
     }
@@ -115,7 +116,10 @@ impl SetMetric for EmbeddingDiversityMetric {
         MetricInfo {
             name: "embedding_diversity".into(),
             kind: MetricKind::Mean,
-            description: "mean cosine distance (MiniLM) between pairs of different replies".into(),
+            description: format!(
+                "mean cosine distance ({}) between pairs of different replies",
+                self.encoder.name()
+            ),
             higher_is_better: Some(true),
         }
     }

@@ -122,3 +122,15 @@ fn minilm_scores_support_above_unrelated_replies() {
     println!("embedding diversity of three unrelated replies with MiniLM: {spread:.3}");
     assert!(spread > 0.7, "{spread}");
 }
+
+#[test]
+fn descriptions_name_the_encoder_in_use() {
+    let encoder = tiny_encoder();
+    assert_eq!(encoder.name(), "tiny-bert");
+    let support = SupportSimilarityMetric::with_supportive_references(encoder.clone()).unwrap();
+    let diversity = EmbeddingDiversityMetric::new(encoder);
+    for description in [support.info().description, diversity.info().description] {
+        assert!(description.contains("(tiny-bert)"), "{description}");
+        assert!(!description.contains("MiniLM"), "{description}");
+    }
+}

@@ -41,11 +41,14 @@ pub struct SentenceEncoder {
     tokenizer: tokenizers::Tokenizer,
     device: Device,
     dimension: usize,
+    /// The name of the directory it was loaded from, for metric descriptions.
+    name: String,
 }
 
 impl std::fmt::Debug for SentenceEncoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SentenceEncoder")
+            .field("name", &self.name)
             .field("dimension", &self.dimension)
             .field("device", &self.device)
             .finish()
@@ -107,6 +110,14 @@ impl SentenceEncoder {
             tokenizer,
             device: device.clone(),
             dimension: config.hidden_size,
+            name: dir
+                .canonicalize()
+                .unwrap_or_else(|_| dir.to_path_buf())
+                .file_name()
+                .map_or_else(
+                    || dir.display().to_string(),
+                    |name| name.to_string_lossy().into_owned(),
+                ),
         })
     }
 
@@ -125,6 +136,11 @@ impl SentenceEncoder {
     }
 
     /// Length of each embedding.
+    /// The directory's name (`all-minilm-l6-v2` for the fetched default).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn dimension(&self) -> usize {
         self.dimension
     }
