@@ -194,6 +194,11 @@ fn a_study_runs_reuses_reruns_what_changed_and_resumes() {
         markdown.contains("harmless") && markdown.contains("win_rate"),
         "{markdown}"
     );
+    // The harmlessness judge's self-contradiction rate stands beside its rate.
+    assert!(
+        markdown.contains("of replies it gave the same digit in both orders"),
+        "{markdown}"
+    );
     assert!(markdown.contains("AI labeler audit: tiny/s1"), "{markdown}");
 
     // the semantic metrics: right values, and a per-context table and plot in the report
