@@ -318,6 +318,36 @@ fn a_bad_config_exits_2_naming_the_field() {
 }
 
 #[test]
+fn a_judge_model_that_cannot_be_fetched_stops_the_run_before_any_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    // A model cache that is a file: the fetch fails at once, without touching the network.
+    let cache = dir.path().join("cache-is-a-file");
+    std::fs::write(&cache, "").unwrap();
+    let runs_dir = format!("runs_dir=\"{}\"", dir.path().display());
+    let output = Command::new(env!("CARGO_BIN_EXE_rlxf"))
+        .args([
+            "run",
+            CONFIG,
+            "--set",
+            &runs_dir,
+            "--set",
+            "methods=[\"sft\"]",
+        ])
+        .args(["--set", "judge.backend.kind=\"local\""])
+        .args(["--set", "judge.backend.model=\"smollm2-135m-instruct\""])
+        .env("RLXF_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("[judge]") && message.contains("rlxf model fetch smollm2-135m-instruct"),
+        "{message}"
+    );
+    assert!(!dir.path().join("study-tiny/tiny").exists(), "{message}");
+}
+
+#[test]
 fn self_improvement_rounds_chain_each_policy_into_the_next() {
     let dir = tempfile::tempdir().unwrap();
     let output = run_study(

@@ -50,6 +50,14 @@ impl Method {
             Method::SelfImprove => "self-improve",
         }
     }
+
+    /// Whether the method asks the `[labeler]` for AI feedback.
+    pub fn uses_labeler(self) -> bool {
+        matches!(
+            self,
+            Method::DpoAi | Method::RlaifPpo | Method::DRlaif | Method::SelfImprove
+        )
+    }
 }
 
 /// One model size of the sweep.

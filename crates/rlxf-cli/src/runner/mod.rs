@@ -95,6 +95,7 @@ pub fn run(config: &ExperimentConfig, config_path: &Path, ctx: Ctx) -> anyhow::R
     };
     // loaded before any training, so that a missing encoder stops the run at once
     let encoder = stages::sentence_encoder(config, config_path, ctx)?;
+    stages::fetch_feedback_models(config, config_path, ctx)?;
     let mut policies = Vec::new();
     let mut reward_models = Vec::new();
     let mut audits = Vec::new();

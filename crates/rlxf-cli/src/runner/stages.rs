@@ -14,8 +14,8 @@ use rlxf_eval::{
 };
 use rlxf_feedback::pairwise::hard_preference;
 use rlxf_feedback::{
-    Engine, HarmlessnessJudge, LabelCache, LabelerConfig, PromptResponse, ResponsePair,
-    WinRateJudge,
+    BackendConfig, Engine, HarmlessnessJudge, LabelCache, LabelerConfig, PromptResponse,
+    ResponsePair, WinRateJudge,
 };
 use rlxf_model::fetch::{RegisteredModel, ALL_MINILM_L6_V2};
 use rlxf_model::{generate_keyed, GenerationConfig, SentenceEncoder};
@@ -128,6 +128,46 @@ fn fetch_registered(model: &RegisteredModel, ctx: Ctx) -> anyhow::Result<PathBuf
         }
     })?;
     Ok(fetched.dir)
+}
+
+/// Fetches the local model of a `[labeler]` or `[judge]` section that names a registered model
+/// (`smollm2-135m-instruct`), for the sections the run uses: before any training, as the encoder
+/// is, so that a failed fetch stops the run at once instead of after the policies have trained.
+/// A section left out means the run's own starting model, which its model stages fetch.
+pub fn fetch_feedback_models(
+    config: &ExperimentConfig,
+    config_path: &Path,
+    ctx: Ctx,
+) -> anyhow::Result<()> {
+    let sections = [
+        (
+            "labeler",
+            &config.labeler,
+            config.methods.iter().any(|method| method.uses_labeler()),
+        ),
+        ("judge", &config.judge, config.eval.judge),
+    ];
+    for (name, section, used) in sections {
+        let Some(section) = section.as_ref().filter(|_| used) else {
+            continue;
+        };
+        let feedback = feedback_config(Some(section), Path::new("model"), name)?;
+        let BackendConfig::Local(local) = &feedback.backend else {
+            continue;
+        };
+        if let Some(registered) = rlxf_model::fetch::registered_model(&local.model) {
+            fetch_registered(registered, ctx).with_context(|| {
+                format!(
+                    "{}: the [{name}] model `{}` is not in the model cache and fetching it \
+                     failed; run `rlxf model fetch {}` where a network is reachable",
+                    config_path.display(),
+                    local.model,
+                    registered.name
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The key of a model folder used in place: its path, its config and the size and time of its
