@@ -13,7 +13,7 @@ use crate::rl::advantages::discounted_returns;
 use crate::rl::config::{check_ranges, AlgorithmParams};
 use crate::rl::rollout::TokenScores;
 use crate::rl::runner::{
-    token_count, total, whiten_advantages, Algorithm, Experience, LossOutput, TokenTargets,
+    set_advantages, token_count, total, Algorithm, Experience, LossOutput, TokenTargets,
 };
 
 /// The `[algorithm]` table of `rlxf train a2c`. Lee et al. do not publish these settings; the
@@ -74,18 +74,15 @@ impl Algorithm for A2c {
     }
 
     fn prepare(&self, experiences: &mut [Experience]) -> Result<()> {
-        for experience in experiences.iter_mut() {
+        set_advantages(experiences, self.whiten_advantages, |experience| {
             let returns = discounted_returns(&experience.rewards, self.gamma);
-            experience.advantages = returns
+            let advantages = returns
                 .iter()
                 .zip(&experience.sample.values)
                 .map(|(g, v)| g - v)
                 .collect();
-            experience.returns = returns;
-        }
-        if self.whiten_advantages {
-            whiten_advantages(experiences);
-        }
+            (advantages, returns)
+        });
         Ok(())
     }
 

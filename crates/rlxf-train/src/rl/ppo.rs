@@ -13,7 +13,7 @@ use crate::rl::config::{check_counts, check_ranges, AlgorithmParams};
 use crate::rl::losses::{clipped_policy_loss, clipped_value_loss};
 use crate::rl::rollout::TokenScores;
 use crate::rl::runner::{
-    token_count, total, whiten_advantages, Algorithm, Experience, LossOutput, TokenTargets,
+    set_advantages, token_count, total, Algorithm, Experience, LossOutput, TokenTargets,
 };
 
 /// The `[algorithm]` table of `rlxf train ppo`. Defaults are TRL's `PPOConfig` (v0.11 and
@@ -95,19 +95,14 @@ impl Algorithm for Ppo {
     }
 
     fn prepare(&self, experiences: &mut [Experience]) -> Result<()> {
-        for experience in experiences.iter_mut() {
-            let (advantages, returns) = gae(
+        set_advantages(experiences, self.whiten_advantages, |experience| {
+            gae(
                 &experience.rewards,
                 &experience.sample.values,
                 self.gamma,
                 self.lam,
-            );
-            experience.advantages = advantages;
-            experience.returns = returns;
-        }
-        if self.whiten_advantages {
-            whiten_advantages(experiences);
-        }
+            )
+        });
         Ok(())
     }
 

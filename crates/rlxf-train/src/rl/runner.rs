@@ -250,8 +250,23 @@ pub fn token_count(experiences: &[&Experience]) -> f64 {
         .sum::<usize>() as f64
 }
 
+/// Sets every experience's per-token `(advantages, returns)` to `estimate` of it (from its
+/// rewards and values), then, if `whiten`, whitens the advantages of the whole batch together.
+pub fn set_advantages(
+    experiences: &mut [Experience],
+    whiten: bool,
+    estimate: impl Fn(&Experience) -> (Vec<f64>, Vec<f64>),
+) {
+    for experience in experiences.iter_mut() {
+        (experience.advantages, experience.returns) = estimate(experience);
+    }
+    if whiten {
+        whiten_advantages(experiences);
+    }
+}
+
 /// Whitens the advantages of all `experiences` together (every token of the batch).
-pub fn whiten_advantages(experiences: &mut [Experience]) {
+fn whiten_advantages(experiences: &mut [Experience]) {
     let mut all: Vec<f64> = experiences
         .iter()
         .flat_map(|e| e.advantages.iter().copied())
