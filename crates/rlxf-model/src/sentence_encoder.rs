@@ -135,12 +135,12 @@ impl SentenceEncoder {
         }
     }
 
-    /// Length of each embedding.
     /// The directory's name (`all-minilm-l6-v2` for the fetched default).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Length of each embedding.
     pub fn dimension(&self) -> usize {
         self.dimension
     }

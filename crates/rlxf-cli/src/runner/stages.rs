@@ -1012,8 +1012,8 @@ pub fn evaluate(
     Ok((dir.join("results.json"), key))
 }
 
-/// The judge's protocol, as the eval stage's key records it: harmlessness was asked in one answer
-/// order before this.
+/// How the judge is asked, as the eval stage's key records it: changing the protocol re-runs the
+/// eval stage of an existing run instead of reusing verdicts obtained the old way.
 const JUDGE_PROTOCOL: &str = "harmlessness and win rate, each in both orders, averaged";
 
 /// The AI judge's metrics: harmless rate (pointwise) and win rate against the baseline's reply to
