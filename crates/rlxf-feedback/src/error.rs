@@ -30,18 +30,14 @@ pub enum FeedbackError {
         reason: String,
     },
 
-    /// A choice (`"1"`, `"2"`, a score) that is not exactly one token after the template's ending,
-    /// so its probability cannot be read from one next-token distribution.
+    /// A choice (`"1"`, `"2"`, a score) whose tokens are not the ending's tokens followed by
+    /// tokens of its own, so its probability cannot be read after the ending.
     #[error(
-        "choice {choice:?} is not a single token after the ending {ending:?} for this tokenizer \
-         ({detail}); end the template's ending without trailing whitespace, or use choices that \
-         are single tokens"
+        "choice {choice:?} does not begin a token of its own after the ending {ending:?} for this \
+         tokenizer (it merges with the end of the ending); end the template's ending without \
+         trailing whitespace"
     )]
-    ChoiceNotSingleToken {
-        choice: String,
-        ending: String,
-        detail: String,
-    },
+    ChoiceMergesWithEnding { choice: String, ending: String },
 
     #[error("label cache {path}: {source}")]
     Cache {
@@ -98,7 +94,7 @@ impl FeedbackError {
             Self::Model(err) => err.is_bad_input(),
             Self::Data(err) => err.is_bad_input(),
             Self::InvalidConfig { .. }
-            | Self::ChoiceNotSingleToken { .. }
+            | Self::ChoiceMergesWithEnding { .. }
             | Self::InvalidInput(_) => true,
             Self::Io { .. }
             | Self::Tensor(_)

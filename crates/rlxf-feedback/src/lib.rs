@@ -32,6 +32,7 @@
 pub mod audit;
 pub mod backend;
 pub mod cache;
+pub mod choice_tokens;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -45,6 +46,7 @@ pub mod template;
 pub use audit::{audit, Audit, AuditItem, AuditStats, Side};
 pub use backend::{Backend, ChoiceAnswer, CompletionParams};
 pub use cache::{cache_key, AnswerKind, LabelCache};
+pub use choice_tokens::ChoiceTokens;
 pub use config::{BackendConfig, LabelerConfig, LocalConfig, PromptConfig};
 pub use engine::{Engine, EngineStats};
 pub use error::{FeedbackError, Result};

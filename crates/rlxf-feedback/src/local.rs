@@ -1,15 +1,19 @@
 //! A local rlxf model as a labeler: the policy's own checkpoint, a same-size model or a bigger one.
 //!
-//! # Which token is "1"
+//! # Which tokens are "1"
 //!
-//! The answer is read from the logits at the last prompt position, restricted to the token ids of
-//! the choices. BPE tokenizers have several ids for "1" (`"1"`, `" 1"`, ...); the one used is the
-//! token the tokenizer itself produces for the choice right after the ending:
-//! `encode(ending + choice)` must be `encode(ending)` followed by exactly one token, and that token is
-//! the choice's id. With the default ending `Preferred Response=` this is the bare digit `"1"` (GPT-2
-//! BPE splits `=` and digits into separate pieces). An ending with trailing whitespace would make the
-//! space part of the answer token (`" 1"`) and is rejected with [`FeedbackError::ChoiceNotSingleToken`]
-//! rather than silently read from the wrong id.
+//! The answer is read from the logits after the prompt, restricted to the token ids of the
+//! choices. BPE tokenizers have several ids for "1" (`"1"`, `" 1"`, ...); the ones used are the
+//! tokens the tokenizer itself produces for the choice right after the ending:
+//! `encode(ending + choice)` must be `encode(ending)` followed by the choice's tokens. With the
+//! default ending `Preferred Response=` this is the bare digit `"1"` (BPE splits `=` and digits into
+//! separate pieces). An ending with trailing whitespace would make the space part of the answer
+//! token (`" 1"`) and is rejected with [`FeedbackError::ChoiceMergesWithEnding`] rather than silently
+//! read from the wrong id.
+//!
+//! A choice of several tokens (`10` for a tokenizer that splits digits, as SmolLM2's does) is scored
+//! as a whole answer ([`ChoiceTokens`]): the prompt is run again with the choice's first tokens
+//! appended, in the same batch, and the distributions along them are read.
 //!
 //! # Long prompts
 //!
@@ -17,12 +21,14 @@
 //! start of the item body (the oldest conversation turns), keeping the preamble, the replies and the
 //! ending; the answer is flagged [`ChoiceAnswer::truncated`].
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Tensor, D};
 use rlxf_model::{generate, load_tokenizer, CausalLm, GenerationConfig, LoadedModel, Tokenizer};
 
 use crate::backend::{Backend, ChoiceAnswer, CompletionParams, OnAnswer};
+use crate::choice_tokens::ChoiceTokens;
 use crate::error::{FeedbackError, Result};
 use crate::template::{ChoiceQuery, PromptFormat};
 
@@ -80,30 +86,25 @@ impl LocalBackend {
         &self.tokenizer
     }
 
-    /// The token id of each choice right after `ending` (see the module docs).
-    pub fn choice_token_ids(&self, ending: &str, choices: &[String]) -> Result<Vec<u32>> {
+    /// The tokens of each choice right after `ending` (see the module docs).
+    pub fn choice_tokens(&self, ending: &str, choices: &[String]) -> Result<ChoiceTokens> {
         let (_, before_ending) = self.format.wrappers();
         let context = format!("{before_ending}{ending}");
         let base = self.tokenizer.encode(&context)?;
-        choices
+        let tokens = choices
             .iter()
             .map(|choice| {
                 let ids = self.tokenizer.encode(&format!("{context}{choice}"))?;
                 match ids.strip_prefix(base.as_slice()) {
-                    Some([id]) => Ok(*id),
-                    Some(rest) => Err(FeedbackError::ChoiceNotSingleToken {
+                    Some(rest) if !rest.is_empty() => Ok(rest.to_vec()),
+                    _ => Err(FeedbackError::ChoiceMergesWithEnding {
                         choice: choice.clone(),
                         ending: ending.to_string(),
-                        detail: format!("it encodes to {} tokens", rest.len()),
-                    }),
-                    None => Err(FeedbackError::ChoiceNotSingleToken {
-                        choice: choice.clone(),
-                        ending: ending.to_string(),
-                        detail: "it merges with the end of the ending".to_string(),
                     }),
                 }
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ChoiceTokens::new(tokens))
     }
 
     /// Token ids of `query`, cut to leave `reserve` positions free in the model's context.
@@ -143,29 +144,41 @@ impl LocalBackend {
         Ok((whole[whole.len() - budget..].to_vec(), true))
     }
 
-    /// Log-softmax of the next-token logits after each prompt (left-padded batch), `[batch, vocab]`
-    /// as rows of f32.
-    fn next_token_logprobs(&self, prompts: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+    /// Log-softmax of the next-token logits at the last `positions` positions of each sequence
+    /// (a left-padded batch): `rows[sequence][k]` is the distribution after all but the last
+    /// `positions - 1 - k` tokens of the sequence.
+    fn trailing_logprobs(
+        &self,
+        sequences: &[Vec<u32>],
+        positions: usize,
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
         let device = self.model.device();
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(prompts.len() * width);
-        let mut mask = Vec::with_capacity(prompts.len() * width);
-        for prompt in prompts {
-            let padding = width - prompt.len();
+        let width = sequences.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(sequences.len() * width);
+        let mut mask = Vec::with_capacity(sequences.len() * width);
+        for sequence in sequences {
+            let padding = width - sequence.len();
             ids.extend(std::iter::repeat_n(self.tokenizer.pad_id(), padding));
-            ids.extend_from_slice(prompt);
+            ids.extend_from_slice(sequence);
             mask.extend(std::iter::repeat_n(0u32, padding));
-            mask.extend(std::iter::repeat_n(1u32, prompt.len()));
+            mask.extend(std::iter::repeat_n(1u32, sequence.len()));
         }
-        let ids = Tensor::from_vec(ids, (prompts.len(), width), device)?;
-        let mask = Tensor::from_vec(mask, (prompts.len(), width), device)?;
+        let ids = Tensor::from_vec(ids, (sequences.len(), width), device)?;
+        let mask = Tensor::from_vec(mask, (sequences.len(), width), device)?;
         let hidden = self.model.hidden_states(&ids, Some(&mask), None)?;
-        // Left padding puts every row's last real token in the last column; only it needs the LM
-        // head (the full [batch, seq, vocab] logits would dwarf everything else in memory).
-        let last = hidden.i((.., width - 1, ..))?.contiguous()?;
+        // Left padding puts every row's last real tokens in the last columns; only they need the
+        // LM head (the full [batch, seq, vocab] logits would dwarf everything else in memory).
+        let last = hidden
+            .i((.., width - positions.., ..))?
+            .contiguous()?
+            .flatten_to(1)?;
         let logits = self.model.logits_from_hidden(&last)?.to_dtype(DType::F32)?;
-        let logprobs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        Ok(logprobs.to_vec2::<f32>()?)
+        let logprobs = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2::<f32>()?;
+        let mut rows = logprobs.into_iter();
+        Ok(sequences
+            .iter()
+            .map(|_| rows.by_ref().take(positions).collect())
+            .collect())
     }
 }
 
@@ -187,28 +200,63 @@ impl Backend for LocalBackend {
         queries: &[ChoiceQuery],
         on_answer: &mut OnAnswer<'_, ChoiceAnswer>,
     ) -> Result<()> {
+        let choices: Vec<ChoiceTokens> = queries
+            .iter()
+            .map(|query| self.choice_tokens(&query.ending, &query.choices))
+            .collect::<Result<_>>()?;
         let encoded: Vec<(Vec<u32>, bool)> = queries
             .iter()
-            .map(|query| self.encode_query(query, 0))
+            .zip(&choices)
+            .map(|(query, choices)| self.encode_query(query, choices.longest_path()))
             .collect::<Result<_>>()?;
-        let choice_ids: Vec<Vec<u32>> = queries
+        // One sequence per query and path: the prompt with the path's tokens appended.
+        let sequences: Vec<(usize, Vec<u32>)> = choices
             .iter()
-            .map(|query| self.choice_token_ids(&query.ending, &query.choices))
-            .collect::<Result<_>>()?;
-        let lengths: Vec<usize> = encoded.iter().map(|(ids, _)| ids.len()).collect();
+            .enumerate()
+            .flat_map(|(index, choices)| choices.paths().into_iter().map(move |path| (index, path)))
+            .collect();
+        let mut paths_left: Vec<usize> = vec![0; queries.len()];
+        for (index, _) in &sequences {
+            paths_left[*index] += 1;
+        }
+        // Distributions after each prefix of a query's paths, kept until its last path is read.
+        let mut distributions: HashMap<usize, HashMap<Vec<u32>, Vec<f32>>> = HashMap::new();
+        let lengths: Vec<usize> = sequences
+            .iter()
+            .map(|(index, path)| encoded[*index].0.len() + path.len())
+            .collect();
         for batch in length_sorted_batches(&lengths, self.batch_size) {
-            let prompts: Vec<Vec<u32>> = batch.iter().map(|&i| encoded[i].0.clone()).collect();
-            let rows = self.next_token_logprobs(&prompts)?;
-            for (&index, row) in batch.iter().zip(rows) {
-                let answer = ChoiceAnswer {
-                    logprobs: choice_ids[index]
-                        .iter()
-                        .map(|&id| f64::from(row[id as usize]))
-                        .collect(),
-                    bounded: Vec::new(),
-                    truncated: encoded[index].1,
-                };
-                on_answer(index, answer)?;
+            let inputs: Vec<Vec<u32>> = batch
+                .iter()
+                .map(|&s| {
+                    let (index, path) = &sequences[s];
+                    [encoded[*index].0.as_slice(), path].concat()
+                })
+                .collect();
+            let positions = 1 + batch
+                .iter()
+                .map(|&s| sequences[s].1.len())
+                .max()
+                .unwrap_or(0);
+            let rows = self.trailing_logprobs(&inputs, positions)?;
+            for (&s, mut rows) in batch.iter().zip(rows) {
+                let (index, path) = &sequences[s];
+                let by_prefix = distributions.entry(*index).or_default();
+                // The last `path.len() + 1` rows follow the prompt and each token of the path.
+                let first = positions - 1 - path.len();
+                for (len, row) in rows.drain(first..).enumerate() {
+                    by_prefix.insert(path[..len].to_vec(), row);
+                }
+                paths_left[*index] -= 1;
+                if paths_left[*index] == 0 {
+                    let by_prefix = distributions.remove(index).unwrap_or_default();
+                    let answer = ChoiceAnswer {
+                        logprobs: choices[*index].logprobs(|prefix| &by_prefix[prefix]),
+                        bounded: Vec::new(),
+                        truncated: encoded[*index].1,
+                    };
+                    on_answer(*index, answer)?;
+                }
             }
         }
         Ok(())

@@ -55,8 +55,9 @@ pub struct DirectScorer {
 pub const SCORE_ENDING: &str = "Score=";
 
 impl DirectScorer {
-    /// Scores from `min_score` to `max_score` (each must be one token for a local model; 1–10 is
-    /// for GPT-2's BPE, where `10` is a single token).
+    /// Scores from `min_score` to `max_score`. A score of several tokens (`10` for a tokenizer that
+    /// splits digits) is scored as a whole answer by a local model ([`crate::ChoiceTokens`]); a
+    /// server is asked for one token, so there every score should be one token of its tokenizer.
     pub fn new(preamble: &str, ending: &str, min_score: u32, max_score: u32) -> Result<Self> {
         if min_score >= max_score {
             return Err(FeedbackError::config(

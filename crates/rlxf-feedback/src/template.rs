@@ -79,7 +79,7 @@ pub struct ChoiceQuery {
     pub body: String,
     /// Text right before the answer (`Preferred Response=`).
     pub ending: String,
-    /// The answer strings, each read as one token after `ending`.
+    /// The answer strings, read after `ending`.
     pub choices: Vec<String>,
 }
 

@@ -11,9 +11,9 @@ use rlxf_feedback::backend::OnAnswer;
 use rlxf_feedback::{
     Backend, ChainOfThought, ChoiceAnswer, ChoiceQuery, CompletionParams, DirectScorer, Engine,
     FeedbackError, HarmlessnessJudge, LabelCache, LocalBackend, PairwiseLabeler, PairwiseTemplate,
-    PromptResponse, ResponsePair, WinRateJudge,
+    PointwiseTemplate, PromptResponse, ResponsePair, WinRateJudge,
 };
-use rlxf_model::{continuation_logprobs_vec, Padding};
+use rlxf_model::{continuation_logprobs_vec, Padding, Tokenizer};
 
 fn local(seed: u64) -> LocalBackend {
     LocalBackend::new(
@@ -98,20 +98,116 @@ fn answer_tokens_are_the_bare_digits_gpt2_emits_after_the_ending() {
     let choices = vec!["1".to_string(), "2".to_string()];
     assert_eq!(
         backend
-            .choice_token_ids("Preferred Response=", &choices)
-            .unwrap(),
-        vec![common::ONE, common::TWO]
+            .choice_tokens("Preferred Response=", &choices)
+            .unwrap()
+            .choices(),
+        [vec![common::ONE], vec![common::TWO]]
     );
-    // "10" is one GPT-2 token, so a 1-10 scale works with this tokenizer.
+    // "10" is one GPT-2 token.
     let ten = backend
-        .choice_token_ids("Score=", &["10".to_string()])
+        .choice_tokens("Score=", &["10".to_string()])
         .unwrap();
-    assert_eq!(ten, vec![940]);
+    assert_eq!(ten.choices(), [vec![940]]);
     // A trailing space would be read into the answer token: refused, not silently misread.
     let err = backend
-        .choice_token_ids("Preferred Response: ", &choices)
+        .choice_tokens("Preferred Response: ", &choices)
         .unwrap_err();
     assert!(err.is_bad_input(), "{err}");
+    assert!(
+        matches!(err, FeedbackError::ChoiceMergesWithEnding { .. }),
+        "{err}"
+    );
+}
+
+/// rlxf-model's test tokenizer, which (like SmolLM2's) writes numbers digit by digit.
+fn digit_splitting_tokenizer() -> Tokenizer {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../rlxf-model/tests/fixtures/tiny_tokenizer/tokenizer.json");
+    Tokenizer::from_hf_file(&path, None, None).unwrap()
+}
+
+#[test]
+fn a_score_of_two_tokens_is_scored_as_one_answer() {
+    let tokenizer = digit_splitting_tokenizer();
+    let backend = LocalBackend::new(
+        common::tiny_model(5),
+        digit_splitting_tokenizer(),
+        "test:tiny-digits".into(),
+    )
+    .unwrap()
+    .with_batch_size(2);
+    let scale: Vec<String> = (1..=10).map(|score| score.to_string()).collect();
+    let digit = |text: &str| tokenizer.single_token_id(text).unwrap().unwrap();
+    let tokens = backend.choice_tokens("Score=", &scale).unwrap();
+    assert_eq!(tokens.choices()[0], vec![digit("1")]);
+    assert_eq!(tokens.choices()[9], vec![digit("1"), digit("0")]);
+
+    let preamble = "Rate the reply from 1 to 10.";
+    let template = PointwiseTemplate::new(preamble, "Score=", scale).unwrap();
+    let items = [
+        ("\n\nHuman: Hi\n\nAssistant:", "Hello!"),
+        (
+            "\n\nHuman: Can you help me with my homework?\n\nAssistant:",
+            "No.",
+        ),
+        (
+            "\n\nHuman: Tell me a joke\n\nAssistant:",
+            "Why did the chicken cross?",
+        ),
+    ];
+    let queries: Vec<ChoiceQuery> = items
+        .iter()
+        .map(|(prompt, reply)| template.query(prompt, reply))
+        .collect();
+    let mut answers = vec![None; queries.len()];
+    backend
+        .answer_choices(&queries, &mut |index, answer| {
+            assert!(answers[index].replace(answer).is_none(), "answered twice");
+            Ok(())
+        })
+        .unwrap();
+
+    // Independent reference: each score's per-token log-probs after the unpadded prompt.
+    let model = common::tiny_model(5);
+    let close = |a: f64, b: f64| assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    for (query, answer) in queries.iter().zip(answers) {
+        let answer = answer.unwrap();
+        assert!(!answer.truncated);
+        let ids = tokenizer.encode(&query.text()).unwrap();
+        let reference =
+            continuation_logprobs_vec(&model, &vec![ids; 10], tokens.choices(), Padding::Right)
+                .unwrap();
+        for score in 2..=9 {
+            close(
+                answer.logprobs[score - 1],
+                f64::from(reference[score - 1][0]),
+            );
+        }
+        let (one, zero_after_one) = (f64::from(reference[9][0]), f64::from(reference[9][1]));
+        close(answer.logprobs[9], one + zero_after_one);
+        close(answer.logprobs[0], one + (1.0 - zero_after_one.exp()).ln());
+        // "1" and "10" share what the model put on a leading 1.
+        close(
+            answer.logprobs[0].exp() + answer.logprobs[9].exp(),
+            one.exp(),
+        );
+    }
+
+    // The d-RLAIF scorer runs on this tokenizer (it used to refuse "10").
+    let engine = Engine::new(Box::new(backend), None);
+    let replies: Vec<PromptResponse<'_>> = items
+        .iter()
+        .map(|(prompt, response)| PromptResponse { prompt, response })
+        .collect();
+    let scores = DirectScorer::new(preamble, "Score=", 1, 10)
+        .unwrap()
+        .score(&engine, &replies, &mut |_| {})
+        .unwrap();
+    for score in scores {
+        assert_eq!(score.distribution.len(), 10);
+        assert!((score.distribution.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!((-1.0..=1.0).contains(&score.reward));
+    }
 }
 
 #[test]
