@@ -12,6 +12,15 @@
 //! its tokenizer and, for chat, on its format. Every listed token whose text equals the choice once
 //! surrounding whitespace is trimmed counts as that choice, and their probabilities are added.
 //!
+//! # Answers of several tokens
+//!
+//! A choice that begins another (`1` begins `10`) is asked a second time over completions, with
+//! the choice appended to the prompt, so the answer is read as a whole as the local backend reads
+//! it ([`crate::ChoiceTokens`]): `P(10)` adds `P(1)·P(0 | …1)` to a listed `10` token, and `P(1)`
+//! keeps `P(1)·(1 − P(0 | …1))`. Each step of a longer answer must be one listed token of the
+//! server's. Over chat a reply cannot be continued portably, so there every choice is read from
+//! the first token alone and should be one token of the server's tokenizer.
+//!
 //! # Answers missing from the top log-probs
 //!
 //! When a choice is not among the listed tokens, all that is known is that its probability is at
@@ -165,17 +174,17 @@ impl OpenAiBackend {
         )
     }
 
-    fn request_body(&self, query: &ChoiceQuery, max_tokens: usize, stop: &[String]) -> Value {
+    fn request_body(&self, prompt: String, max_tokens: usize, stop: &[String]) -> Value {
         let mut body = match self.config.endpoint {
             Endpoint::Completions => json!({
                 "model": self.config.model,
-                "prompt": query.text(),
+                "prompt": prompt,
                 "max_tokens": max_tokens,
                 "temperature": 0.0,
             }),
             Endpoint::Chat => json!({
                 "model": self.config.model,
-                "messages": [{"role": "user", "content": query.text()}],
+                "messages": [{"role": "user", "content": prompt}],
                 "max_tokens": max_tokens,
                 "temperature": 0.0,
             }),
@@ -265,7 +274,29 @@ impl OpenAiBackend {
     }
 
     fn choice_answer(&self, query: &ChoiceQuery) -> Result<ChoiceAnswer> {
-        let mut body = self.request_body(query, 1, &[]);
+        let listed = self.listed_after(query.text())?;
+        // Over completions, the choices that begin longer ones are asked again with the choice
+        // appended (see the module docs).
+        let continued = query
+            .choices
+            .iter()
+            .map(|choice| {
+                let text = choice.trim();
+                let begins_another = query
+                    .choices
+                    .iter()
+                    .any(|other| other.trim().len() > text.len() && other.trim().starts_with(text));
+                (self.config.endpoint == Endpoint::Completions && begins_another)
+                    .then(|| self.listed_after(format!("{}{text}", query.text())))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(answer_from_listed(&listed, &continued, &query.choices))
+    }
+
+    /// The alternatives the server lists for the token after `prompt`.
+    fn listed_after(&self, prompt: String) -> Result<Vec<(String, f64)>> {
+        let mut body = self.request_body(prompt, 1, &[]);
         match self.config.endpoint {
             Endpoint::Completions => body["logprobs"] = json!(self.config.top_logprobs),
             Endpoint::Chat => {
@@ -274,18 +305,16 @@ impl OpenAiBackend {
             }
         }
         let response = self.post(&body)?;
-        let listed =
-            first_token_top_logprobs(&response, self.config.endpoint).map_err(|reason| {
-                FeedbackError::BadResponse {
-                    url: self.url(),
-                    reason,
-                }
-            })?;
-        Ok(answer_from_listed(&listed, &query.choices))
+        first_token_top_logprobs(&response, self.config.endpoint).map_err(|reason| {
+            FeedbackError::BadResponse {
+                url: self.url(),
+                reason,
+            }
+        })
     }
 
     fn completion_text(&self, query: &ChoiceQuery, params: &CompletionParams) -> Result<String> {
-        let body = self.request_body(query, params.max_new_tokens, &params.stop);
+        let body = self.request_body(query.text(), params.max_new_tokens, &params.stop);
         let response = self.post(&body)?;
         let choice = &response["choices"][0];
         let text = match self.config.endpoint {
@@ -303,7 +332,7 @@ impl OpenAiBackend {
 impl Backend for OpenAiBackend {
     fn identity(&self) -> String {
         format!(
-            "openai:{}:{}:{}:top_logprobs={}",
+            "openai:{}:{}:{}:top_logprobs={}:whole_answers",
             self.config.endpoint.path(),
             self.config.base_url.trim_end_matches('/'),
             self.config.model,
@@ -434,27 +463,61 @@ fn first_token_top_logprobs(
     Ok(listed)
 }
 
-/// Log-probs of `choices` from a server's listed alternatives (see the module docs).
-fn answer_from_listed(listed: &[(String, f64)], choices: &[String]) -> ChoiceAnswer {
+/// Log-probs of `choices` from a server's listed alternatives after the prompt (`listed`) and,
+/// for each choice that begins a longer one, after the prompt with the choice appended
+/// (`continued`, by choice index; see the module docs).
+fn answer_from_listed(
+    listed: &[(String, f64)],
+    continued: &[Option<Vec<(String, f64)>>],
+    choices: &[String],
+) -> ChoiceAnswer {
     let floor = listed
         .iter()
         .map(|(_, lp)| *lp)
         .fold(f64::INFINITY, f64::min);
-    let mut bounded = Vec::new();
-    let logprobs = choices
-        .iter()
-        .map(|choice| {
-            let matching: Vec<f64> = listed
+    let texts: Vec<&str> = choices.iter().map(|choice| choice.trim()).collect();
+    // P(the answer starts with choice i), from every listed way of spelling it; None when no
+    // listed token spells it. Shorter choices first: a longer one continues them.
+    let mut starts: Vec<Option<f64>> = vec![None; choices.len()];
+    let mut by_length: Vec<usize> = (0..choices.len()).collect();
+    by_length.sort_by_key(|&i| texts[i].len());
+    for &i in &by_length {
+        let direct = listed
+            .iter()
+            .filter(|(token, _)| token.trim() == texts[i])
+            .map(|(_, lp)| lp.exp());
+        let continuing = continued.iter().enumerate().flat_map(|(j, after)| {
+            let start = starts[j].filter(|_| texts[i].len() > texts[j].len());
+            let rest = texts[i].strip_prefix(texts[j]);
+            after
                 .iter()
-                .filter(|(token, _)| token.trim() == choice.trim())
-                .map(|(_, lp)| *lp)
-                .collect();
-            if matching.is_empty() {
-                bounded.push(choice.clone());
-                floor
-            } else {
-                log_sum_exp(&matching)
-            }
+                .flatten()
+                .filter(move |(token, _)| start.is_some() && Some(token.as_str()) == rest)
+                .map(move |(_, lp)| start.unwrap_or(0.0) * lp.exp())
+        });
+        let paths: Vec<f64> = direct.chain(continuing).collect();
+        starts[i] = (!paths.is_empty()).then(|| paths.iter().sum());
+    }
+    let mut bounded = Vec::new();
+    let logprobs = (0..choices.len())
+        .map(|i| {
+            let Some(start) = starts[i] else {
+                bounded.push(choices[i].clone());
+                return floor;
+            };
+            // The mass that goes on into a longer choice is that choice's, not this one's.
+            let continuing: f64 = continued[i]
+                .iter()
+                .flatten()
+                .filter(|(token, _)| {
+                    !token.is_empty()
+                        && texts
+                            .iter()
+                            .any(|other| other.strip_prefix(texts[i]) == Some(token.as_str()))
+                })
+                .map(|(_, lp)| lp.exp())
+                .sum();
+            (start * (1.0 - continuing.min(1.0))).ln()
         })
         .collect();
     ChoiceAnswer {
@@ -462,14 +525,6 @@ fn answer_from_listed(listed: &[(String, f64)], choices: &[String]) -> ChoiceAns
         bounded,
         truncated: false,
     }
-}
-
-fn log_sum_exp(values: &[f64]) -> f64 {
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return max;
-    }
-    max + values.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
 /// The first 200 characters of `text`, for error messages.
@@ -498,7 +553,7 @@ mod tests {
             ("2".to_string(), (0.6f64).ln()),
             ("x".to_string(), (0.05f64).ln()),
         ];
-        let answer = answer_from_listed(&listed, &choices());
+        let answer = answer_from_listed(&listed, &[None, None], &choices());
         assert!((answer.logprobs[0] - (0.3f64).ln()).abs() < 1e-12);
         assert!((answer.logprobs[1] - (0.6f64).ln()).abs() < 1e-12);
         assert!(answer.bounded.is_empty());
@@ -510,11 +565,48 @@ mod tests {
             ("1".to_string(), (0.7f64).ln()),
             ("x".to_string(), (0.1f64).ln()),
         ];
-        let answer = answer_from_listed(&listed, &choices());
+        let answer = answer_from_listed(&listed, &[None, None], &choices());
         assert_eq!(answer.bounded, vec!["2".to_string()]);
         assert!((answer.logprobs[1] - (0.1f64).ln()).abs() < 1e-12);
         let probs = answer.distribution();
         assert!((probs[0] - 0.875).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_choice_that_begins_another_is_read_as_a_whole_answer() {
+        let ln = |p: f64| p.ln();
+        let scale = vec!["1".to_string(), "2".to_string(), "10".to_string()];
+        let first = vec![
+            ("1".to_string(), ln(0.5)),
+            ("2".to_string(), ln(0.3)),
+            ("x".to_string(), ln(0.1)),
+        ];
+        // After "…1": "0" makes it "10"; " 0" and "5" do not continue into a choice.
+        let after_one = vec![
+            ("0".to_string(), ln(0.4)),
+            ("5".to_string(), ln(0.1)),
+            (" 0".to_string(), ln(0.05)),
+        ];
+        let answer = answer_from_listed(&first, &[Some(after_one.clone()), None, None], &scale);
+        // Hand-computed: "1" = 0.5 · (1 − 0.4), "2" = 0.3, "10" = 0.5 · 0.4.
+        for (lp, expected) in answer.logprobs.iter().zip([0.3, 0.3, 0.2]) {
+            assert!((lp.exp() - expected).abs() < 1e-12, "{:?}", answer.logprobs);
+        }
+        assert!(answer.bounded.is_empty());
+        // A tokenizer that also has "10" as one token: both spellings count.
+        let mut with_ten = first.clone();
+        with_ten.push(("10".to_string(), ln(0.05)));
+        let answer = answer_from_listed(&with_ten, &[Some(after_one), None, None], &scale);
+        assert!((answer.logprobs[2].exp() - 0.25).abs() < 1e-12);
+        // Nothing listed that spells "10": bounded by the smallest listed log-prob.
+        let answer = answer_from_listed(
+            &first,
+            &[Some(vec![("5".into(), ln(0.9))]), None, None],
+            &scale,
+        );
+        assert_eq!(answer.bounded, vec!["10".to_string()]);
+        assert!((answer.logprobs[0].exp() - 0.5).abs() < 1e-12);
+        assert!((answer.logprobs[2] - ln(0.1)).abs() < 1e-12);
     }
 
     #[test]

@@ -56,8 +56,9 @@ pub const SCORE_ENDING: &str = "Score=";
 
 impl DirectScorer {
     /// Scores from `min_score` to `max_score`. A score of several tokens (`10` for a tokenizer that
-    /// splits digits) is scored as a whole answer by a local model ([`crate::ChoiceTokens`]); a
-    /// server is asked for one token, so there every score should be one token of its tokenizer.
+    /// splits digits) is scored as a whole answer by a local model ([`crate::ChoiceTokens`]) and
+    /// over a server's completions endpoint; over chat every score should be one token of the
+    /// server's tokenizer (see [`crate::openai`]).
     pub fn new(preamble: &str, ending: &str, min_score: u32, max_score: u32) -> Result<Self> {
         if min_score >= max_score {
             return Err(FeedbackError::config(

@@ -610,10 +610,13 @@ fn token_alternatives(
     let rows = candle_nn::ops::log_softmax(&logits, D::Minus1)?
         .squeeze(0)?
         .to_vec2::<f32>()?;
+    // A model's vocabulary may be padded past the tokenizer's (ids without text): only ids the
+    // tokenizer names can be listed, by text, as alternatives.
+    let named = served.tokenizer.max_token_id() as usize + 1;
     Ok(rows
         .iter()
         .zip(generated)
-        .map(|(row, &token)| (row[token as usize], top_k(row, k)))
+        .map(|(row, &token)| (row[token as usize], top_k(&row[..named.min(row.len())], k)))
         .collect())
 }
 

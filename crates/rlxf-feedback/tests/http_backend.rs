@@ -6,18 +6,22 @@
 mod common;
 
 use rlxf_feedback::{
-    CompletionServer, Endpoint, Engine, FaultPlan, LabelCache, LocalBackend, OpenAiBackend,
-    OpenAiConfig, PairwiseLabeler, PairwiseTemplate, ResponsePair, RunningServer, ServedModel,
-    SoftLabel,
+    Backend, ChoiceAnswer, ChoiceQuery, CompletionServer, Endpoint, Engine, FaultPlan, LabelCache,
+    LocalBackend, OpenAiBackend, OpenAiConfig, PairwiseLabeler, PairwiseTemplate,
+    PointwiseTemplate, ResponsePair, RunningServer, ServedModel, SoftLabel,
 };
-use rlxf_model::ChatTemplate;
+use rlxf_model::{ChatTemplate, Tokenizer};
 
 const SEED: u64 = 7;
 
 fn server(faults: &str) -> RunningServer {
+    serve(common::gpt2(), faults)
+}
+
+fn serve(tokenizer: Tokenizer, faults: &str) -> RunningServer {
     let served = ServedModel {
         model: common::answering_model(SEED),
-        tokenizer: common::gpt2(),
+        tokenizer,
         template: ChatTemplate::HumanAssistant,
         name: "tiny-labeler".into(),
     };
@@ -95,6 +99,60 @@ fn completions_over_http_match_the_local_backend() {
         .iter()
         .any(|label| (label.p_a - remote[0].p_a).abs() > 1e-6));
     assert_eq!(server.post_count(), 2 * pairs.len());
+}
+
+fn answers(backend: &dyn Backend, queries: &[ChoiceQuery]) -> Vec<ChoiceAnswer> {
+    let mut answers = vec![None; queries.len()];
+    backend
+        .answer_choices(queries, &mut |index, answer| {
+            answers[index] = Some(answer);
+            Ok(())
+        })
+        .unwrap();
+    answers.into_iter().map(Option::unwrap).collect()
+}
+
+#[test]
+fn an_answer_of_two_tokens_over_http_matches_the_local_backend() {
+    // A tokenizer that splits "10" into "1", "0": the server is asked again after "…1".
+    let server = serve(common::digit_splitting_tokenizer(), "");
+    let choices = vec!["1".to_string(), "10".to_string(), "0".to_string()];
+    let template = PointwiseTemplate::new("Rate the reply.", "Score=", choices).unwrap();
+    let queries: Vec<ChoiceQuery> = [
+        ("Hi", "Hello!"),
+        ("Help me", "No."),
+        ("A joke?", "Why not."),
+    ]
+    .iter()
+    .map(|(prompt, reply)| template.query(&format!("\n\nHuman: {prompt}\n\nAssistant:"), reply))
+    .collect();
+    let remote = answers(&client(&server, Endpoint::Completions), &queries);
+    let local = LocalBackend::new(
+        common::answering_model(SEED),
+        common::digit_splitting_tokenizer(),
+        "local".into(),
+    )
+    .unwrap();
+    let local = answers(&local, &queries);
+    for (remote, local) in remote.iter().zip(&local) {
+        assert!(
+            remote.bounded.is_empty(),
+            "0 and 1 lead this model's distributions"
+        );
+        for (r, l) in remote.logprobs.iter().zip(&local.logprobs) {
+            assert!(
+                (r - l).abs() < 1e-4,
+                "{:?} vs {:?}",
+                remote.logprobs,
+                local.logprobs
+            );
+        }
+        // "10" takes a noticeable share of a leading 1 here, so reading "1" from the first token
+        // alone would not pass the comparison above.
+        let (one, ten) = (remote.logprobs[0].exp(), remote.logprobs[1].exp());
+        assert!(ten / (one + ten) > 0.05, "{:?}", remote.logprobs);
+    }
+    assert_eq!(server.post_count(), 2 * queries.len());
 }
 
 #[test]

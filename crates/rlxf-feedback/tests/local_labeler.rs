@@ -13,7 +13,7 @@ use rlxf_feedback::{
     FeedbackError, HarmlessnessJudge, LabelCache, LocalBackend, PairwiseLabeler, PairwiseTemplate,
     PointwiseTemplate, PromptResponse, ResponsePair, WinRateJudge,
 };
-use rlxf_model::{continuation_logprobs_vec, Padding, Tokenizer};
+use rlxf_model::{continuation_logprobs_vec, Padding};
 
 fn local(seed: u64) -> LocalBackend {
     LocalBackend::new(
@@ -119,19 +119,12 @@ fn answer_tokens_are_the_bare_digits_gpt2_emits_after_the_ending() {
     );
 }
 
-/// rlxf-model's test tokenizer, which (like SmolLM2's) writes numbers digit by digit.
-fn digit_splitting_tokenizer() -> Tokenizer {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../rlxf-model/tests/fixtures/tiny_tokenizer/tokenizer.json");
-    Tokenizer::from_hf_file(&path, None, None).unwrap()
-}
-
 #[test]
 fn a_score_of_two_tokens_is_scored_as_one_answer() {
-    let tokenizer = digit_splitting_tokenizer();
+    let tokenizer = common::digit_splitting_tokenizer();
     let backend = LocalBackend::new(
         common::tiny_model(5),
-        digit_splitting_tokenizer(),
+        common::digit_splitting_tokenizer(),
         "test:tiny-digits".into(),
     )
     .unwrap()

@@ -39,6 +39,14 @@ pub fn gpt2() -> Tokenizer {
     Tokenizer::gpt2()
 }
 
+/// rlxf-model's test tokenizer, which (like SmolLM2's) writes numbers digit by digit. Its ids of
+/// `0` and `1` are GPT-2's of `1` and `2`, so [`answering_model`] leads with `0` and `1` under it.
+pub fn digit_splitting_tokenizer() -> Tokenizer {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../rlxf-model/tests/fixtures/tiny_tokenizer/tokenizer.json");
+    Tokenizer::from_hf_file(&path, None, None).unwrap()
+}
+
 /// Small HH-style pairs with different lengths and topics.
 pub fn pairs() -> Vec<(String, String, String)> {
     [
