@@ -130,6 +130,8 @@ fn label_writes_labels_and_an_audit_for_hh_pairs_and_resumes_from_the_cache() {
 
     let audit = read_json(&out.join("audit.json"));
     assert_eq!(audit["n_pairs"], 12);
+    assert_eq!(audit["run"]["max_samples"], 12);
+    assert!(audit["labeler_config"].is_object());
     assert_eq!(audit["cache"]["answers_computed"], 24);
     let overall = &audit["overall"];
     assert_eq!(overall["n"], 12);

@@ -372,6 +372,11 @@ fn self_improvement_rounds_chain_each_policy_into_the_next() {
         }
         let labels = std::fs::read_to_string(round_dir.join("labels/labels.jsonl")).unwrap();
         assert_eq!(labels.lines().count(), 4, "one AI label per sampled pair");
+        // The same audit as `rlxf label` and the labels-ai stage write.
+        let audit = read_json(&round_dir.join("labels/audit.json"));
+        assert_eq!(audit["n_pairs"], 4);
+        assert_eq!(audit["run"]["round"], round[6..].parse::<u64>().unwrap());
+        assert!(audit["by_context"].is_object() && audit["labeler_config"].is_object());
         let rm_config = std::fs::read_to_string(round_dir.join("rm/config.toml")).unwrap();
         assert!(
             rm_config.contains(&format!("{round}/samples/pairs.jsonl")),

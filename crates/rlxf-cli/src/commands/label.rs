@@ -165,26 +165,16 @@ pub fn run(args: LabelArgs, ctx: Ctx) -> anyhow::Result<()> {
         &args.out,
         ctx,
     )?;
-    let (report, stats, labels_path) = (labeled.audit, labeled.stats, labeled.labels_path);
-    let audit_json = json!({
-        "labeler": labeled.identity,
-        "labeler_config": config,
+    let run = json!({
         "pairs": args.pairs,
         "max_samples": args.max_samples,
         "seed": args.seed,
-        "n_pairs": pairs.len(),
         "skipped_records": loaded.report.problems.len(),
-        "cache": {
-            "path": cache_path,
-            "answers_from_cache": stats.cached,
-            "answers_computed": stats.computed,
-        },
         "seconds": started.elapsed().as_secs_f64(),
-        "overall": report.overall,
-        "by_context": report.by_context,
     });
+    labeled.write_audit(&args.out, &config, &cache_path, run)?;
+    let (report, stats, labels_path) = (labeled.audit, labeled.stats, labeled.labels_path);
     let audit_path = args.out.join("audit.json");
-    write_json(&audit_path, &audit_json)?;
 
     let rate = |value: Option<f64>| value.map_or("n/a".to_string(), |v| format!("{v:.3}"));
     let overall = &report.overall;
@@ -285,6 +275,36 @@ pub fn label_pairs(
         stats: engine.stats(),
         labels_path,
     })
+}
+
+impl Labeled {
+    /// Writes `out/audit.json`, one shape wherever pairs are labeled: the labeler, its config,
+    /// the cache's share of the answers, the audit overall and per context, and `run` (what the
+    /// caller knows about the run: source, seed, ...) under `"run"`.
+    pub fn write_audit(
+        &self,
+        out: &Path,
+        config: &LabelerConfig,
+        cache_path: &Path,
+        run: Value,
+    ) -> anyhow::Result<()> {
+        write_json(
+            &out.join("audit.json"),
+            &json!({
+                "labeler": self.identity,
+                "labeler_config": config,
+                "run": run,
+                "n_pairs": self.audit.overall.n,
+                "cache": {
+                    "path": cache_path,
+                    "answers_from_cache": self.stats.cached,
+                    "answers_computed": self.stats.computed,
+                },
+                "overall": self.audit.overall,
+                "by_context": self.audit.by_context,
+            }),
+        )
+    }
 }
 
 pub fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {

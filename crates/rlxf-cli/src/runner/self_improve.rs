@@ -26,7 +26,7 @@ use super::stages::{
 };
 use super::{run_stage, RunSummary};
 use crate::commands::generate::load_cli_model;
-use crate::commands::label::{context_tags, label_pairs, write_json};
+use crate::commands::label::{context_tags, label_pairs};
 use crate::{progress, Ctx};
 
 /// `[self_improve]`: the loop of the `self-improve` method.
@@ -163,11 +163,9 @@ pub fn self_improve(
                 dir,
                 ctx,
             )?;
-            write_json(
-                &dir.join("audit.json"),
-                &json!({"labeler": labeled.identity, "overall": labeled.audit.overall}),
-            )?;
-            Ok(json!({"labels": "labels.jsonl"}))
+            let run = json!({"stage": "self-improve-labels", "round": round, "seed": seed});
+            labeled.write_audit(dir, &labeler, &label_cache, run)?;
+            Ok(json!({"labels": "labels.jsonl", "audit": "audit.json"}))
         })?;
 
         let mut fixed = model_table(sft, &config.data, seed)?;

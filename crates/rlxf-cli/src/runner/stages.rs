@@ -33,7 +33,7 @@ use super::config::{ExperimentConfig, Method, ModelEntry, NO_ENCODER};
 use super::manifest::{stage_dir, StageRun};
 use super::{run_stage, Policy, RunSummary};
 use crate::commands::generate::{load_cli_model, write_jsonl};
-use crate::commands::label::{context_tags, label_pairs, write_json};
+use crate::commands::label::{context_tags, label_pairs};
 use crate::commands::rl as rl_command;
 use crate::commands::train::Bar;
 use crate::commands::BadInput;
@@ -700,14 +700,8 @@ fn ai_labels_stage(
         let rules = ContextRules::embedded();
         let contexts = context_tags(&pairs, &rules);
         let labeled = label_pairs(&labeler, &pairs, &contexts, &|_| None, &cache, dir, ctx)?;
-        write_json(
-            &dir.join("audit.json"),
-            &json!({
-                "labeler": labeled.identity,
-                "overall": labeled.audit.overall,
-                "by_context": labeled.audit.by_context,
-            }),
-        )?;
+        let run = json!({"stage": "labels-ai", "seed": seed});
+        labeled.write_audit(dir, &labeler, &cache, run)?;
         Ok(json!({
             "labels": "labels.jsonl",
             "audit": "audit.json",
