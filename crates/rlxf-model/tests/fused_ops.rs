@@ -7,20 +7,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use rlxf_model::config::Activation;
 use rlxf_model::fused_ops::{self, WeightLayout};
 
-use common::random_tensor as random;
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-}
+use common::{max_abs_diff, random_tensor as random};
 
 /// A scalar loss that weights every output element differently, so every gradient entry matters.
 fn weighted_sum(output: &Tensor, seed: u64) -> Tensor {

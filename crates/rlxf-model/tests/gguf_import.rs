@@ -20,7 +20,7 @@ use rlxf_model::{import_gguf, load_pretrained, load_tokenizer, CausalLm, ChatTem
 use common::{fixture, max_abs_diff};
 
 /// Dequantization is exact; what is left is float rounding in a different order of operations.
-const TOLERANCE: f32 = 1e-4;
+const TOLERANCE: f64 = 1e-4;
 
 fn import_fixture(temp: &tempfile::TempDir) -> PathBuf {
     let out = match std::env::var_os("RLXF_EXPORT_DIR") {

@@ -11,7 +11,7 @@ use rlxf_model::{load_pretrained, CausalLm};
 
 use common::{fixture, max_abs_diff};
 
-const TOLERANCE: f32 = 1e-4;
+const TOLERANCE: f64 = 1e-4;
 
 fn check_parity(model_dir: &str, expected_from: &str) {
     let model = load_pretrained(
@@ -43,7 +43,7 @@ fn check_parity(model_dir: &str, expected_from: &str) {
         .unwrap();
     let expected_batch = &expected["batch_logits"];
     let mask_rows = mask.to_vec2::<u32>().unwrap();
-    let mut worst = 0f32;
+    let mut worst = 0f64;
     for (row, real) in mask_rows.iter().enumerate() {
         let first_real = real.iter().position(|&m| m == 1).unwrap();
         let ours = batch.i((row, first_real..)).unwrap();

@@ -12,7 +12,7 @@ use common::{
     small_untied_llama_config,
 };
 
-const TOLERANCE: f32 = 1e-4;
+const TOLERANCE: f64 = 1e-4;
 const TOKENS: [u32; 10] = [3, 41, 7, 88, 19, 5, 60, 2, 33, 71];
 
 fn configs() -> [ModelConfig; 4] {

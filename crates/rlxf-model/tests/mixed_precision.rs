@@ -37,9 +37,9 @@ fn f32_and_bf16(config: ModelConfig, seed: u64) -> (LoadedModel, LoadedModel) {
     (full, mixed)
 }
 
-fn scale(tensor: &Tensor) -> f32 {
+fn scale(tensor: &Tensor) -> f64 {
     tensor
-        .to_dtype(DType::F32)
+        .to_dtype(DType::F64)
         .unwrap()
         .abs()
         .unwrap()
@@ -47,7 +47,7 @@ fn scale(tensor: &Tensor) -> f32 {
         .unwrap()
         .max(0)
         .unwrap()
-        .to_scalar::<f32>()
+        .to_scalar::<f64>()
         .unwrap()
 }
 

@@ -33,9 +33,10 @@ pub fn random_tensor(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
         .unwrap()
 }
 
-/// Largest absolute difference between two tensors of the same shape.
-pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+/// Largest absolute difference between two tensors of the same shape, computed in f64 (exact for
+/// f32 and bf16 inputs, and fine enough for the f64 finite-difference checks).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a.to_dtype(DType::F64).unwrap() - b.to_dtype(DType::F64).unwrap())
         .unwrap()
         .abs()
         .unwrap()
@@ -43,7 +44,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .max(0)
         .unwrap()
-        .to_scalar::<f32>()
+        .to_scalar::<f64>()
         .unwrap()
 }
 
