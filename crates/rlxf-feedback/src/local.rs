@@ -12,8 +12,10 @@
 //! read from the wrong id.
 //!
 //! A choice of several tokens (`10` for a tokenizer that splits digits, as SmolLM2's does) is scored
-//! as a whole answer ([`ChoiceTokens`]): the prompt is run again with the choice's first tokens
-//! appended, in the same batch, and the distributions along them are read.
+//! as a whole answer ([`ChoiceTokens`]): the prompt is run with the choice's leading tokens
+//! appended and the distributions along them are read. One such sequence usually serves every
+//! choice (`…Score=1` gives the distributions after `Score=` and after `Score=1`), so a 1–10 scale
+//! costs one forward pass of one more token.
 //!
 //! # Long prompts
 //!
