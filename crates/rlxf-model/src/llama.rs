@@ -5,20 +5,20 @@
 //! head that is either tied to the token embedding or its own `lm_head.weight`. Tensor names match
 //! the HF checkpoint (`model.layers.N.self_attn.q_proj.weight`, ...).
 //!
-//! Like the GPT decoders, everything has a backward pass (the fused RMS norm and attention softmax
+//! Like the GPT decoders, everything has a backward pass (the fused RMS norm, attention and SwiGLU
 //! of [`crate::fused_ops`], rotary embeddings written out), so the same forward serves inference
 //! and training.
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::cached_attention::{cached_attention, repeat_kv};
+use crate::cached_attention::cached_attention;
 use crate::causal_lm::{CausalLm, KvCache};
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::fused_ops;
 use crate::transformer_blocks::{
-    attend, embed, extend_cache, matmul_last_dim, split_heads, Affine, MaskBuilder, WeightLayout,
+    embed, matmul_last_dim, split_heads, Affine, MaskBuilder, WeightLayout,
 };
 
 /// `LlamaRMSNorm`: `weight * x / sqrt(mean(x^2) + eps)`, computed in f32 for half-precision inputs.
@@ -83,12 +83,40 @@ impl RotaryEmbedding {
 impl RotaryAngles {
     /// `x * cos + rotate_half(x) * sin` for `x` of shape `[batch, heads, seq, head_dim]`.
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        let half = x.dim(D::Minus1)? / 2;
-        let first = x.narrow(D::Minus1, 0, half)?;
-        let second = x.narrow(D::Minus1, half, half)?;
-        let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
-        Ok((x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?)?)
+        rotate(x, &self.cos, &self.sin)
     }
+
+    /// The same for heads not split: `x` `[batch, seq, heads * head_dim]`, a projection's output,
+    /// read as `[batch, seq, heads, head_dim]` without a copy.
+    fn apply_merged(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
+        let (batch, seq, width) = x.dims3()?;
+        let by_head = x.reshape((batch, seq, heads, width / heads))?;
+        let (cos, sin) = (self.cos.transpose(1, 2)?, self.sin.transpose(1, 2)?);
+        Ok(rotate(&by_head, &cos, &sin)?.reshape((batch, seq, width))?)
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin` over the last dimension, `cos` and `sin` broadcast to `x`.
+fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let first = x.narrow(D::Minus1, 0, half)?;
+    let second = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
+    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
+}
+
+/// HF's `repeat_kv` for heads not split: `[batch, seq, kv_heads * head_dim]` to
+/// `[batch, seq, kv_heads * groups * head_dim]`, key/value head `k` serving query heads
+/// `k * groups..(k + 1) * groups` as in HF's `repeat_kv`.
+fn repeat_kv_merged(x: &Tensor, kv_heads: usize, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return Ok(x.clone());
+    }
+    let (batch, seq, width) = x.dims3()?;
+    let head_dim = width / kv_heads;
+    Ok(x.reshape((batch, seq, kv_heads, 1, head_dim))?
+        .broadcast_as((batch, seq, kv_heads, groups, head_dim))?
+        .reshape((batch, seq, width * groups))?)
 }
 
 /// Grouped-query self-attention (`LlamaAttention`).
@@ -129,20 +157,34 @@ impl Attention {
         cache: Option<(&mut KvCache, usize)>,
     ) -> Result<Tensor> {
         let (batch, seq, _) = x.dims3()?;
-        let split = |t: Tensor, heads| split_heads(&t, batch, seq, heads, self.head_dim);
-        let query = rotary.apply(&split(self.q_proj.forward(x)?, self.num_heads)?)?;
-        let key = rotary.apply(&split(self.k_proj.forward(x)?, self.num_kv_heads)?)?;
-        let value = split(self.v_proj.forward(x)?, self.num_kv_heads)?;
-        // The cache keeps the un-repeated key/value heads: a fraction of the memory under GQA.
-        let (key, value) = extend_cache(cache, key, value)?;
+        let (heads, kv_heads) = (self.num_heads, self.num_kv_heads);
+        let split = |t: &Tensor, heads| split_heads(t, batch, seq, heads, self.head_dim);
+        let query = self.q_proj.forward(x)?;
+        let key = self.k_proj.forward(x)?;
+        let value = self.v_proj.forward(x)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let merged = if mask.dim(3)? > seq {
+        // The cache keeps the un-repeated key/value heads: a fraction of the memory under GQA.
+        let merged = match cache {
             // A generation step: earlier keys and values come from the cache, un-repeated.
-            cached_attention(&query, &key, &value, Some(scale), mask)?
-        } else {
-            let groups = self.num_heads / self.num_kv_heads;
-            let (key, value) = (repeat_kv(&key, groups)?, repeat_kv(&value, groups)?);
-            attend(&query, &key, &value, Some(scale), mask)?
+            Some((cache, layer)) if mask.dim(3)? > seq => {
+                let query = rotary.apply(&split(&query, heads)?)?;
+                let key = rotary.apply(&split(&key, kv_heads)?)?;
+                let (key, value) = cache.append(layer, &key, &split(&value, kv_heads)?)?;
+                cached_attention(&query, &key, &value, Some(scale), mask)?
+            }
+            // No earlier positions (training, scoring, a generation's prompt pass): rotary
+            // embeddings on the unsplit projections and one fused op, no head ever copied out.
+            // A prompt pass still fills the cache.
+            cache => {
+                let query = rotary.apply_merged(&query, heads)?;
+                let key = rotary.apply_merged(&key, kv_heads)?;
+                if let Some((cache, layer)) = cache {
+                    cache.append(layer, &split(&key, kv_heads)?, &split(&value, kv_heads)?)?;
+                }
+                let repeat = |t: &Tensor| repeat_kv_merged(t, kv_heads, heads / kv_heads);
+                let (key, value) = (repeat(&key)?, repeat(&value)?);
+                fused_ops::causal_self_attention(&query, &key, &value, mask, heads, scale)?
+            }
         };
         self.o_proj.forward(&merged)
     }

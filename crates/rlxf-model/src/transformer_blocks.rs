@@ -226,21 +226,6 @@ pub(crate) fn split_heads(
         .contiguous()?)
 }
 
-/// Appends this step's keys and values (`[batch, kv_heads, seq, head_dim]`) to the layer's slot of
-/// the cache and returns the keys and values of every position so far: with a cache, views into
-/// its buffers (contiguous per head, strided across heads, which candle's batched matmul takes
-/// without a copy).
-pub(crate) fn extend_cache(
-    cache: Option<(&mut KvCache, usize)>,
-    key: Tensor,
-    value: Tensor,
-) -> Result<(Tensor, Tensor)> {
-    match cache {
-        Some((cache, layer)) => cache.append(layer, &key, &value),
-        None => Ok((key, value)),
-    }
-}
-
 /// `softmax(q k^T * scale + mask) v` for `[batch, heads, seq, head_dim]` queries and keys/values
 /// of the same number of heads, with heads merged back: `[batch, seq, heads * head_dim]`.
 pub(crate) fn attend(
