@@ -107,7 +107,7 @@ fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 
 /// HF's `repeat_kv` for heads not split: `[batch, seq, kv_heads * head_dim]` to
 /// `[batch, seq, kv_heads * groups * head_dim]`, key/value head `k` serving query heads
-/// `k * groups..(k + 1) * groups` as in HF's `repeat_kv`.
+/// `k * groups..(k + 1) * groups`.
 fn repeat_kv_merged(x: &Tensor, kv_heads: usize, groups: usize) -> Result<Tensor> {
     if groups == 1 {
         return Ok(x.clone());
@@ -173,7 +173,7 @@ impl Attention {
                 cached_attention(&query, &key, &value, Some(scale), mask)?
             }
             // No earlier positions (training, scoring, a generation's prompt pass): rotary
-            // embeddings on the unsplit projections and one fused op, no head ever copied out.
+            // embeddings on the unsplit projections and one fused op, no head split out.
             // A prompt pass still fills the cache.
             cache => {
                 let query = rotary.apply_merged(&query, heads)?;
