@@ -211,54 +211,50 @@ impl Backend for LocalBackend {
             .zip(&choices)
             .map(|(query, choices)| self.encode_query(query, choices.longest_path()))
             .collect::<Result<_>>()?;
-        // One sequence per query and path: the prompt with the path's tokens appended.
-        let sequences: Vec<(usize, Vec<u32>)> = choices
+        let lengths: Vec<usize> = encoded
             .iter()
-            .enumerate()
-            .flat_map(|(index, choices)| choices.paths().into_iter().map(move |path| (index, path)))
-            .collect();
-        let mut paths_left: Vec<usize> = vec![0; queries.len()];
-        for (index, _) in &sequences {
-            paths_left[*index] += 1;
-        }
-        // Distributions after each prefix of a query's paths, kept until its last path is read.
-        let mut distributions: HashMap<usize, HashMap<Vec<u32>, Vec<f32>>> = HashMap::new();
-        let lengths: Vec<usize> = sequences
-            .iter()
-            .map(|(index, path)| encoded[*index].0.len() + path.len())
+            .zip(&choices)
+            .map(|((ids, _), choices)| ids.len() + choices.longest_path())
             .collect();
         for batch in length_sorted_batches(&lengths, self.batch_size) {
-            let inputs: Vec<Vec<u32>> = batch
+            // One sequence per query and path: the prompt with the path's tokens appended.
+            let sequences: Vec<(usize, Vec<u32>)> = batch
                 .iter()
-                .map(|&s| {
-                    let (index, path) = &sequences[s];
-                    [encoded[*index].0.as_slice(), path].concat()
+                .flat_map(|&index| {
+                    choices[index]
+                        .paths()
+                        .into_iter()
+                        .map(move |path| (index, path))
                 })
                 .collect();
-            let positions = 1 + batch
+            let inputs: Vec<Vec<u32>> = sequences
                 .iter()
-                .map(|&s| sequences[s].1.len())
+                .map(|(index, path)| [encoded[*index].0.as_slice(), path].concat())
+                .collect();
+            let positions = 1 + sequences
+                .iter()
+                .map(|(_, path)| path.len())
                 .max()
                 .unwrap_or(0);
             let rows = self.trailing_logprobs(&inputs, positions)?;
-            for (&s, mut rows) in batch.iter().zip(rows) {
-                let (index, path) = &sequences[s];
-                let by_prefix = distributions.entry(*index).or_default();
+            // Each query's distributions after every prefix of its paths.
+            let mut by_query: HashMap<usize, HashMap<Vec<u32>, Vec<f32>>> = HashMap::new();
+            for ((index, path), mut rows) in sequences.into_iter().zip(rows) {
+                let by_prefix = by_query.entry(index).or_default();
                 // The last `path.len() + 1` rows follow the prompt and each token of the path.
                 let first = positions - 1 - path.len();
                 for (len, row) in rows.drain(first..).enumerate() {
                     by_prefix.insert(path[..len].to_vec(), row);
                 }
-                paths_left[*index] -= 1;
-                if paths_left[*index] == 0 {
-                    let by_prefix = distributions.remove(index).unwrap_or_default();
-                    let answer = ChoiceAnswer {
-                        logprobs: choices[*index].logprobs(|prefix| &by_prefix[prefix]),
-                        bounded: Vec::new(),
-                        truncated: encoded[*index].1,
-                    };
-                    on_answer(*index, answer)?;
-                }
+            }
+            for &index in &batch {
+                let by_prefix = &by_query[&index];
+                let answer = ChoiceAnswer {
+                    logprobs: choices[index].logprobs(|prefix| &by_prefix[prefix]),
+                    bounded: Vec::new(),
+                    truncated: encoded[index].1,
+                };
+                on_answer(index, answer)?;
             }
         }
         Ok(())

@@ -486,15 +486,23 @@ fn answer_from_listed(
             .iter()
             .filter(|(token, _)| token.trim() == texts[i])
             .map(|(_, lp)| lp.exp());
-        let continuing = continued.iter().enumerate().flat_map(|(j, after)| {
-            let start = starts[j].filter(|_| texts[i].len() > texts[j].len());
-            let rest = texts[i].strip_prefix(texts[j]);
-            after
-                .iter()
-                .flatten()
-                .filter(move |(token, _)| start.is_some() && Some(token.as_str()) == rest)
-                .map(move |(_, lp)| start.unwrap_or(0.0) * lp.exp())
-        });
+        // Through each shorter choice that was asked again: P(it) · P(the rest | it).
+        let continuing = continued
+            .iter()
+            .zip(&starts)
+            .zip(&texts)
+            .filter_map(|((after, start), shorter)| {
+                let rest = texts[i]
+                    .strip_prefix(shorter)
+                    .filter(|rest| !rest.is_empty())?;
+                Some((after.as_ref()?, (*start)?, rest))
+            })
+            .flat_map(|(after, start, rest)| {
+                after
+                    .iter()
+                    .filter(move |(token, _)| token == rest)
+                    .map(move |(_, lp)| start * lp.exp())
+            });
         let paths: Vec<f64> = direct.chain(continuing).collect();
         starts[i] = (!paths.is_empty()).then(|| paths.iter().sum());
     }

@@ -6,9 +6,9 @@
 mod common;
 
 use rlxf_feedback::{
-    Backend, ChoiceAnswer, ChoiceQuery, CompletionServer, Endpoint, Engine, FaultPlan, LabelCache,
-    LocalBackend, OpenAiBackend, OpenAiConfig, PairwiseLabeler, PairwiseTemplate,
-    PointwiseTemplate, ResponsePair, RunningServer, ServedModel, SoftLabel,
+    Backend, ChoiceQuery, CompletionServer, Endpoint, Engine, FaultPlan, LabelCache, LocalBackend,
+    OpenAiBackend, OpenAiConfig, PairwiseLabeler, PairwiseTemplate, PointwiseTemplate,
+    ResponsePair, RunningServer, ServedModel, SoftLabel,
 };
 use rlxf_model::{ChatTemplate, Tokenizer};
 
@@ -101,17 +101,6 @@ fn completions_over_http_match_the_local_backend() {
     assert_eq!(server.post_count(), 2 * pairs.len());
 }
 
-fn answers(backend: &dyn Backend, queries: &[ChoiceQuery]) -> Vec<ChoiceAnswer> {
-    let mut answers = vec![None; queries.len()];
-    backend
-        .answer_choices(queries, &mut |index, answer| {
-            answers[index] = Some(answer);
-            Ok(())
-        })
-        .unwrap();
-    answers.into_iter().map(Option::unwrap).collect()
-}
-
 #[test]
 fn an_answer_of_two_tokens_over_http_matches_the_local_backend() {
     // A tokenizer that splits "10" into "1", "0": the server is asked again after "…1".
@@ -126,14 +115,20 @@ fn an_answer_of_two_tokens_over_http_matches_the_local_backend() {
     .iter()
     .map(|(prompt, reply)| template.query(&format!("\n\nHuman: {prompt}\n\nAssistant:"), reply))
     .collect();
-    let remote = answers(&client(&server, Endpoint::Completions), &queries);
-    let local = LocalBackend::new(
-        common::answering_model(SEED),
-        common::digit_splitting_tokenizer(),
-        "local".into(),
-    )
-    .unwrap();
-    let local = answers(&local, &queries);
+    let answers = |backend: Box<dyn Backend>| {
+        Engine::new(backend, None)
+            .answer_choices(&queries, &mut |_| {})
+            .unwrap()
+    };
+    let remote = answers(Box::new(client(&server, Endpoint::Completions)));
+    let local = answers(Box::new(
+        LocalBackend::new(
+            common::answering_model(SEED),
+            common::digit_splitting_tokenizer(),
+            "local".into(),
+        )
+        .unwrap(),
+    ));
     for (remote, local) in remote.iter().zip(&local) {
         assert!(
             remote.bounded.is_empty(),

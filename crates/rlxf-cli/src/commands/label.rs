@@ -172,9 +172,8 @@ pub fn run(args: LabelArgs, ctx: Ctx) -> anyhow::Result<()> {
         "skipped_records": loaded.report.problems.len(),
         "seconds": started.elapsed().as_secs_f64(),
     });
-    labeled.write_audit(&args.out, &config, &cache_path, run)?;
+    let audit_path = labeled.write_audit(&args.out, &config, &cache_path, run)?;
     let (report, stats, labels_path) = (labeled.audit, labeled.stats, labeled.labels_path);
-    let audit_path = args.out.join("audit.json");
 
     let rate = |value: Option<f64>| value.map_or("n/a".to_string(), |v| format!("{v:.3}"));
     let overall = &report.overall;
@@ -280,16 +279,17 @@ pub fn label_pairs(
 impl Labeled {
     /// Writes `out/audit.json`, one shape wherever pairs are labeled: the labeler, its config,
     /// the cache's share of the answers, the audit overall and per context, and `run` (what the
-    /// caller knows about the run: source, seed, ...) under `"run"`.
+    /// caller knows about the run: source, seed, ...) under `"run"`. Returns its path.
     pub fn write_audit(
         &self,
         out: &Path,
         config: &LabelerConfig,
         cache_path: &Path,
         run: Value,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<PathBuf> {
+        let path = out.join("audit.json");
         write_json(
-            &out.join("audit.json"),
+            &path,
             &json!({
                 "labeler": self.identity,
                 "labeler_config": config,
@@ -303,7 +303,8 @@ impl Labeled {
                 "overall": self.audit.overall,
                 "by_context": self.audit.by_context,
             }),
-        )
+        )?;
+        Ok(path)
     }
 }
 
