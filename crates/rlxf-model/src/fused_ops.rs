@@ -1,9 +1,10 @@
 //! Fused CPU kernels with hand-written backward passes for the training hot spots: layer and RMS norm,
 //! the attention softmax (with its scale and mask), causal self-attention (scores, softmax and
-//! values in one op), GELU, SwiGLU, bias addition and linear layers, and the log-probability of
-//! target tokens under a softmax over the vocabulary (from logits, or from hidden states with the LM
-//! head's product in the same op). The ops built on matrix products (`attention`, `linear`,
-//! `lm_head`) live in child modules over the `gemm` crate.
+//! values in one op), rotary position embeddings, GELU, SwiGLU, bias addition and linear layers,
+//! and the log-probability of target tokens under a softmax over the vocabulary (from logits, or
+//! from hidden states with the LM head's product in the same op). The ops built on matrix products
+//! (`attention`, `linear`, `lm_head`) live in child modules over the `gemm` crate, as does the
+//! rotary embedding.
 //!
 //! Why: the differentiable compositions these replace (`layer_norm_slow`, `ops::softmax`,
 //! `log_softmax` + `gather`, candle's GELU backward) build every intermediate as a fresh tensor,
@@ -951,6 +952,12 @@ pub use lm_head::lm_head_token_logprobs;
 
 mod linear;
 pub use linear::{add_bias, linear, WeightLayout};
+
+// ---------------------------------------------------------------------------------------------
+// Rotary position embeddings
+
+mod rotary;
+pub use rotary::rotary_embedding;
 
 // ---------------------------------------------------------------------------------------------
 // Entropy

@@ -5,9 +5,9 @@
 //! head that is either tied to the token embedding or its own `lm_head.weight`. Tensor names match
 //! the HF checkpoint (`model.layers.N.self_attn.q_proj.weight`, ...).
 //!
-//! Like the GPT decoders, everything has a backward pass (the fused RMS norm, attention and SwiGLU
-//! of [`crate::fused_ops`], rotary embeddings written out), so the same forward serves inference
-//! and training.
+//! Like the GPT decoders, everything has a backward pass (the fused RMS norm, rotary embeddings,
+//! attention and SwiGLU of [`crate::fused_ops`]), so the same forward serves inference and
+//! training.
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{Init, VarBuilder};
@@ -48,7 +48,7 @@ struct RotaryEmbedding {
     inv_freq: Tensor,
 }
 
-/// `cos` and `sin` of one forward call, `[batch, 1, seq, head_dim]` in the compute dtype.
+/// `cos` and `sin` of one forward call, `[batch, seq, head_dim]` in the compute dtype.
 struct RotaryAngles {
     cos: Tensor,
     sin: Tensor,
@@ -72,7 +72,7 @@ impl RotaryEmbedding {
             .to_dtype(DType::F32)?
             .unsqueeze(2)?
             .broadcast_mul(&self.inv_freq)?;
-        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?.unsqueeze(1)?;
+        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?;
         Ok(RotaryAngles {
             cos: emb.cos()?.to_dtype(dtype)?,
             sin: emb.sin()?.to_dtype(dtype)?,
@@ -81,28 +81,11 @@ impl RotaryEmbedding {
 }
 
 impl RotaryAngles {
-    /// `x * cos + rotate_half(x) * sin` for `x` of shape `[batch, heads, seq, head_dim]`.
+    /// `x * cos + rotate_half(x) * sin` per head of a projection's output `x`
+    /// `[batch, seq, heads * head_dim]`, heads not split out.
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
-        rotate(x, &self.cos, &self.sin)
+        fused_ops::rotary_embedding(x, &self.cos, &self.sin)
     }
-
-    /// The same for heads not split: `x` `[batch, seq, heads * head_dim]`, a projection's output,
-    /// read as `[batch, seq, heads, head_dim]` without a copy.
-    fn apply_merged(&self, x: &Tensor, heads: usize) -> Result<Tensor> {
-        let (batch, seq, width) = x.dims3()?;
-        let by_head = x.reshape((batch, seq, heads, width / heads))?;
-        let (cos, sin) = (self.cos.transpose(1, 2)?, self.sin.transpose(1, 2)?);
-        Ok(rotate(&by_head, &cos, &sin)?.reshape((batch, seq, width))?)
-    }
-}
-
-/// `x * cos + rotate_half(x) * sin` over the last dimension, `cos` and `sin` broadcast to `x`.
-fn rotate(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let half = x.dim(D::Minus1)? / 2;
-    let first = x.narrow(D::Minus1, 0, half)?;
-    let second = x.narrow(D::Minus1, half, half)?;
-    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
-    Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
 /// HF's `repeat_kv` for heads not split: `[batch, seq, kv_heads * head_dim]` to
@@ -159,25 +142,22 @@ impl Attention {
         let (batch, seq, _) = x.dims3()?;
         let (heads, kv_heads) = (self.num_heads, self.num_kv_heads);
         let split = |t: &Tensor, heads| split_heads(t, batch, seq, heads, self.head_dim);
-        let query = self.q_proj.forward(x)?;
-        let key = self.k_proj.forward(x)?;
+        let query = rotary.apply(&self.q_proj.forward(x)?)?;
+        let key = rotary.apply(&self.k_proj.forward(x)?)?;
         let value = self.v_proj.forward(x)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         // The cache keeps the un-repeated key/value heads: a fraction of the memory under GQA.
         let merged = match cache {
             // A generation step: earlier keys and values come from the cache, un-repeated.
             Some((cache, layer)) if mask.dim(3)? > seq => {
-                let query = rotary.apply(&split(&query, heads)?)?;
-                let key = rotary.apply(&split(&key, kv_heads)?)?;
-                let (key, value) = cache.append(layer, &key, &split(&value, kv_heads)?)?;
-                cached_attention(&query, &key, &value, Some(scale), mask)?
+                let (key, value) =
+                    cache.append(layer, &split(&key, kv_heads)?, &split(&value, kv_heads)?)?;
+                cached_attention(&split(&query, heads)?, &key, &value, Some(scale), mask)?
             }
-            // No earlier positions (training, scoring, a generation's prompt pass): rotary
-            // embeddings on the unsplit projections and one fused op, no head split out.
-            // A prompt pass still fills the cache.
+            // No earlier positions (training, scoring, a generation's prompt pass): one fused
+            // op over the unsplit projections, no head split out. A prompt pass still fills the
+            // cache.
             cache => {
-                let query = rotary.apply_merged(&query, heads)?;
-                let key = rotary.apply_merged(&key, kv_heads)?;
                 if let Some((cache, layer)) = cache {
                     cache.append(layer, &split(&key, kv_heads)?, &split(&value, kv_heads)?)?;
                 }

@@ -472,6 +472,89 @@ fn swiglu_matches_the_composition_and_finite_differences() {
     check_finite_differences(shapes, fused);
 }
 
+/// HF's `apply_rotary_pos_emb` on split heads: `q * cos + rotate_half(q) * sin`, with `q`
+/// `[batch, heads, seq, head_dim]` and the angles broadcast over heads, merged back afterwards.
+fn rotary_reference(x: &Tensor, cos: &Tensor, sin: &Tensor, heads: usize) -> Tensor {
+    let (batch, seq, width) = x.dims3().unwrap();
+    let head_dim = width / heads;
+    let q = x
+        .reshape((batch, seq, heads, head_dim))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap();
+    let first = q.narrow(D::Minus1, 0, head_dim / 2).unwrap();
+    let second = q.narrow(D::Minus1, head_dim / 2, head_dim / 2).unwrap();
+    let rotate_half = Tensor::cat(&[&second.neg().unwrap(), &first], D::Minus1).unwrap();
+    let (cos, sin) = (cos.unsqueeze(1).unwrap(), sin.unsqueeze(1).unwrap());
+    let out = (q.broadcast_mul(&cos).unwrap() + rotate_half.broadcast_mul(&sin).unwrap()).unwrap();
+    out.transpose(1, 2)
+        .unwrap()
+        .reshape((batch, seq, width))
+        .unwrap()
+}
+
+#[test]
+fn rotary_embedding_matches_hf_rotate_half_and_finite_differences() {
+    // 3 heads of 8; independent random cos and sin for every position and lane (not angles,
+    // so that a swapped half of either shows).
+    let (heads, angles_shape): (usize, &[usize]) = (3, &[2, 5, 8]);
+    let shapes: &[&[usize]] = &[&[2, 5, 24]];
+    for (dtype, tolerance) in [(DType::F64, 1e-12), (DType::F32, 1e-5)] {
+        let cos = random(angles_shape, 1, dtype);
+        let sin = random(angles_shape, 2, dtype);
+        check_against_reference(
+            shapes,
+            dtype,
+            tolerance,
+            |t| fused_ops::rotary_embedding(&t[0], &cos, &sin).unwrap(),
+            |t| rotary_reference(&t[0], &cos, &sin, heads),
+        );
+    }
+    let cos = random(angles_shape, 1, DType::F64);
+    let sin = random(angles_shape, 2, DType::F64);
+    check_finite_differences(shapes, |t| {
+        fused_ops::rotary_embedding(&t[0], &cos, &sin).unwrap()
+    });
+}
+
+#[test]
+fn rotary_embedding_widens_half_precision_and_gives_the_angles_no_gradient() {
+    let x = Var::from_tensor(&random(&[1, 4, 16], 3, DType::BF16)).unwrap();
+    let cos = Var::from_tensor(&random(&[1, 4, 8], 4, DType::BF16)).unwrap();
+    let sin = Var::from_tensor(&random(&[1, 4, 8], 5, DType::BF16)).unwrap();
+    let out = fused_ops::rotary_embedding(&x, &cos, &sin).unwrap();
+    assert_eq!(out.dtype(), DType::BF16);
+    let wide = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+    let reference = rotary_reference(&wide(&x), &wide(&cos), &wide(&sin), 2);
+    // One bf16 rounding of the f32 result: within 2^-8 relative of values below 8.
+    assert!(max_abs_diff(&wide(&out), &reference) < 8.0 / 256.0);
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&x).is_some());
+    assert!(grads.get(&cos).is_none() && grads.get(&sin).is_none());
+}
+
+#[test]
+fn rotary_embedding_rejects_angles_that_do_not_fit() {
+    let x = random(&[2, 5, 24], 1, DType::F32);
+    let error = |cos_shape: &[usize]| {
+        let (cos, sin) = (
+            random(cos_shape, 2, DType::F32),
+            random(cos_shape, 3, DType::F32),
+        );
+        fused_ops::rotary_embedding(&x, &cos, &sin)
+            .unwrap_err()
+            .to_string()
+    };
+    // Other positions than x's, a head size that does not divide the width, an odd head size.
+    for shape in [&[2, 4, 8][..], &[2, 5, 10], &[2, 5, 3]] {
+        let message = error(shape);
+        assert!(
+            message.contains("[batch, seq, head_dim]"),
+            "{shape:?}: {message}"
+        );
+    }
+}
+
 #[test]
 fn add_bias_matches_broadcast_add_and_finite_differences() {
     // 3 * 50 = 150 rows: more than two blocks of the column sums, the last one partial.
