@@ -88,20 +88,6 @@ impl RotaryAngles {
     }
 }
 
-/// HF's `repeat_kv` for heads not split: `[batch, seq, kv_heads * head_dim]` to
-/// `[batch, seq, kv_heads * groups * head_dim]`, key/value head `k` serving query heads
-/// `k * groups..(k + 1) * groups`.
-fn repeat_kv_merged(x: &Tensor, kv_heads: usize, groups: usize) -> Result<Tensor> {
-    if groups == 1 {
-        return Ok(x.clone());
-    }
-    let (batch, seq, width) = x.dims3()?;
-    let head_dim = width / kv_heads;
-    Ok(x.reshape((batch, seq, kv_heads, 1, head_dim))?
-        .broadcast_as((batch, seq, kv_heads, groups, head_dim))?
-        .reshape((batch, seq, width * groups))?)
-}
-
 /// Grouped-query self-attention (`LlamaAttention`).
 struct Attention {
     q_proj: Affine,
@@ -155,14 +141,12 @@ impl Attention {
                 cached_attention(&split(&query, heads)?, &key, &value, Some(scale), mask)?
             }
             // No earlier positions (training, scoring, a generation's prompt pass): one fused
-            // op over the unsplit projections, no head split out. A prompt pass still fills the
-            // cache.
+            // op over the unsplit projections, no head split out or repeated. A prompt pass
+            // still fills the cache.
             cache => {
                 if let Some((cache, layer)) = cache {
                     cache.append(layer, &split(&key, kv_heads)?, &split(&value, kv_heads)?)?;
                 }
-                let repeat = |t: &Tensor| repeat_kv_merged(t, kv_heads, heads / kv_heads);
-                let (key, value) = (repeat(&key)?, repeat(&value)?);
                 fused_ops::causal_self_attention(&query, &key, &value, mask, heads, scale)?
             }
         };

@@ -360,6 +360,49 @@ fn causal_self_attention_matches_finite_differences() {
     }
 }
 
+/// Key/value heads repeated for grouped-query attention, written out for the reference: head `h`
+/// of the result is head `h / groups` of `x` (`[batch, seq, kv_heads * head_dim]`).
+fn repeat_heads(x: &Tensor, kv_heads: usize, heads: usize) -> Tensor {
+    let (batch, seq, width) = x.dims3().unwrap();
+    let by_head = x.reshape((batch, seq, kv_heads, width / kv_heads)).unwrap();
+    let repeated: Vec<Tensor> = (0..heads)
+        .map(|head| by_head.narrow(2, head / (heads / kv_heads), 1).unwrap())
+        .collect();
+    Tensor::cat(&repeated, 2)
+        .unwrap()
+        .reshape((batch, seq, heads * width / kv_heads))
+        .unwrap()
+}
+
+#[test]
+fn grouped_query_attention_matches_repeated_heads_and_finite_differences() {
+    // 4 query heads of 3 over 2 key/value heads: query heads 0, 1 read key/value head 0.
+    let shapes: &[&[usize]] = &[&[2, 7, 12], &[2, 7, 6], &[2, 7, 6]];
+    for dtype in [DType::F64, DType::F32] {
+        let tolerance = if dtype == DType::F64 { 1e-12 } else { 2e-5 };
+        let mask = sliding_window_mask(2, 7, 3, dtype);
+        let fused = |t: &[Tensor]| {
+            fused_ops::causal_self_attention(&t[0], &t[1], &t[2], &mask, 4, 0.5).unwrap()
+        };
+        let reference = |t: &[Tensor]| {
+            let repeated = [
+                t[0].clone(),
+                repeat_heads(&t[1], 2, 4),
+                repeat_heads(&t[2], 2, 4),
+            ];
+            attention_composition(&repeated, &mask, 4, 0.5)
+        };
+        check_against_reference(shapes, dtype, tolerance, fused, reference);
+    }
+    // 4 query heads of 2 over 2 key/value heads, and over 1 (every query head shares it).
+    let mask = attention_mask(1, 4, 4, DType::F64);
+    for kv_width in [4, 2] {
+        check_finite_differences(&[&[1, 4, 8], &[1, 4, kv_width], &[1, 4, kv_width]], |t| {
+            fused_ops::causal_self_attention(&t[0], &t[1], &t[2], &mask, 4, 0.7).unwrap()
+        });
+    }
+}
+
 /// Backward reads the probabilities forward saved and leaves them: a second backward over the
 /// same graph gives the same gradients.
 #[test]
@@ -441,6 +484,15 @@ fn causal_self_attention_rejects_inputs_that_do_not_fit() {
     assert!(message.contains("does not broadcast"), "{message}");
     let message = error(&q, &attention_mask(1, 6, 7, DType::F32), 3);
     assert!(message.contains("does not broadcast"), "{message}");
+    // Key/value heads: 3 heads of 4 cannot share keys 6 wide (not whole heads) or 8 wide (2
+    // heads, which do not divide 3).
+    for key_width in [6, 8] {
+        let key = random(&[2, 7, key_width], 2, DType::F32);
+        let message = fused_ops::causal_self_attention(&q, &key, &key, &mask, 3, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("divides the 3 query heads"), "{message}");
+    }
 }
 
 #[test]

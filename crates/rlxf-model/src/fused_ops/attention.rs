@@ -1,5 +1,7 @@
 //! Causal self-attention in one op: `softmax(scale · Q Kᵀ + mask) V` per (batch, head) pair, from
 //! the projections' `[batch, seq, heads * head_dim]` outputs straight to the merged-heads output.
+//! Key and value may have fewer heads than the query (grouped-query attention): each serves a group
+//! of query heads where it lies, never repeated into a copy.
 //!
 //! Why: the composition (split heads ×3, `q @ kᵀ`, masked softmax, `@ v`, merge) is about twelve
 //! graph nodes per layer, each with a zero-filled gradient and an add in backward, and keeps both
@@ -25,24 +27,42 @@ use crate::transformer_blocks::{attend, split_heads};
 /// Inside the per-pair tasks, which already run in parallel.
 const SERIAL: gemm::Parallelism = gemm::Parallelism::None;
 
-/// Sizes of one call: `[batch, seq, heads * head_dim]` inputs.
+/// Sizes of one call: the query `[batch, seq, heads * head_dim]`; key and value
+/// `[batch, seq, kv_heads * head_dim]`.
 #[derive(Clone, Copy)]
 struct Dims {
     batch: usize,
     seq: usize,
     heads: usize,
+    kv_heads: usize,
     head_dim: usize,
 }
 
 impl Dims {
-    fn of(layout: &Layout, heads: usize) -> candle_core::Result<Self> {
-        let (batch, seq, width) = layout.shape().dims3()?;
+    fn of(query: &Layout, key: &Layout, heads: usize) -> candle_core::Result<Self> {
+        let (batch, seq, width) = query.shape().dims3()?;
+        let head_dim = width / heads;
         Ok(Self {
             batch,
             seq,
             heads,
-            head_dim: width / heads,
+            kv_heads: key.dims()[2] / head_dim,
+            head_dim,
         })
+    }
+
+    /// The sizes of the key and value, read as the heads of a `[batch, seq, kv_heads * head_dim]`
+    /// input of their own.
+    fn key_value(&self) -> Self {
+        Self {
+            heads: self.kv_heads,
+            ..*self
+        }
+    }
+
+    /// Query heads per key/value head.
+    fn groups(&self) -> usize {
+        self.heads / self.kv_heads
     }
 
     fn width(&self) -> usize {
@@ -151,8 +171,8 @@ fn head_blocks<T>(buffer: &mut [T], dims: Dims) -> Vec<HeadBlock<'_, T>> {
 }
 
 impl<T: Real> HeadBlock<'_, T> {
-    /// `block = a · b`, single-threaded.
-    fn set_product(&mut self, a: MatrixView<T>, b: MatrixView<T>) {
+    /// `block = a · b`, or `block += a · b` with `accumulate`, single-threaded.
+    fn product(&mut self, a: MatrixView<T>, b: MatrixView<T>, accumulate: bool) {
         assert!(a.rows == self.dims.seq && b.cols == self.dims.head_dim);
         if a.rows == 0 {
             return;
@@ -161,7 +181,7 @@ impl<T: Real> HeadBlock<'_, T> {
         // the buffer `head_blocks` split (its last element, `(seq - 1) * width + head * head_dim
         // + head_dim - 1` past the batch row's start, precedes the next batch row), and no other
         // block holds any of its elements; `&mut self` keeps this block's writes exclusive.
-        unsafe { gemm_raw(self.start, self.dims.width(), a, b, false, SERIAL) }
+        unsafe { gemm_raw(self.start, self.dims.width(), a, b, accumulate, SERIAL) }
     }
 }
 
@@ -192,7 +212,7 @@ impl CustomOp3 for CausalSelfAttentionOp {
         value: &CpuStorage,
         value_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = Dims::of(query_layout, self.heads)?;
+        let dims = Dims::of(query_layout, key_layout, self.heads)?;
         let (mask, mask_layout) = self.mask.storage_and_layout();
         let Storage::Cpu(mask) = &*mask else {
             bail!("{}: the mask is not on the CPU", self.name())
@@ -201,22 +221,23 @@ impl CustomOp3 for CausalSelfAttentionOp {
         let (seq, name) = (dims.seq, self.name());
         let storage = with_real!(query.dtype(), name, |T| {
             let query = HeadRows::<T>::of(query, query_layout, dims, name)?;
-            let key = HeadRows::<T>::of(key, key_layout, dims, name)?;
-            let value = HeadRows::<T>::of(value, value_layout, dims, name)?;
+            let key = HeadRows::<T>::of(key, key_layout, dims.key_value(), name)?;
+            let value = HeadRows::<T>::of(value, value_layout, dims.key_value(), name)?;
             let mask = slice_of::<T>(mask, mask_layout, name)?;
             let scale = T::of(self.scale);
             let mut out = vec![T::zero(); dims.batch * seq * dims.width()];
             // One pair: `probs = softmax(scale · Q Kᵀ + mask)` row by row, then `O = P V`.
             let attend_pair = |pair: usize, probs: &mut [T], mut out: HeadBlock<T>| {
                 let (batch, head) = dims.pair(pair);
+                let key_value_head = head / dims.groups();
                 let q = query.head(batch, head);
-                gemm_into_with(probs, q, key.head(batch, head).t(), false, SERIAL);
+                gemm_into_with(probs, q, key.head(batch, key_value_head).t(), false, SERIAL);
                 for (i, row) in probs.chunks_mut(seq).enumerate() {
                     let start = mask_row_start(pair * seq + i, dims.heads, seq, seq, mask_batch);
                     masked_softmax_row(row, &mask[start..start + seq], scale);
                 }
                 let probs = MatrixView::row_major(&*probs, seq, seq);
-                out.set_product(probs, value.head(batch, head));
+                out.product(probs, value.head(batch, key_value_head), false);
             };
             let blocks = head_blocks(&mut out, dims);
             if self.keep_probs {
@@ -265,17 +286,27 @@ impl CustomOp3 for CausalSelfAttentionOp {
                 scale: self.scale,
             },
         )?;
+        let (query_size, key_size) = (query.elem_count(), key.elem_count());
         Ok((
-            Some(grads.get(0)?),
-            Some(grads.get(1)?),
-            Some(grads.get(2)?),
+            Some(grads.narrow(0, 0, query_size)?.reshape(query.shape())?),
+            Some(
+                grads
+                    .narrow(0, query_size, key_size)?
+                    .reshape(key.shape())?,
+            ),
+            Some(
+                grads
+                    .narrow(0, query_size + key_size, key_size)?
+                    .reshape(value.shape())?,
+            ),
         ))
     }
 }
 
-/// `[dL/dQ, dL/dK, dL/dV]` stacked, `[3, batch, seq, width]`, from the saved probabilities `P` and
+/// `dL/dQ`, `dL/dK` and `dL/dV` flattened one after the other, from the saved probabilities `P` and
 /// the output's gradient `dO`, per pair: `dV = Pᵀ dO`, `dP = dO Vᵀ`,
-/// `dS = scale · P ⊙ (dP − rowsum(dP ⊙ P))` (the softmax backward), `dQ = dS K`, `dK = dSᵀ Q`.
+/// `dS = scale · P ⊙ (dP − rowsum(dP ⊙ P))` (the softmax backward), `dQ = dS K`, `dK = dSᵀ Q`;
+/// the `dK` and `dV` of a key/value head sum over the query heads of its group.
 struct CausalSelfAttentionGrads<'a> {
     probs: &'a CpuStorage,
     /// `dO`, `[batch, seq, width]` with adjacent columns (contiguous).
@@ -298,57 +329,76 @@ impl CustomOp3 for CausalSelfAttentionGrads<'_> {
         value: &CpuStorage,
         value_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dims = Dims::of(query_layout, self.heads)?;
+        let dims = Dims::of(query_layout, key_layout, self.heads)?;
         let (seq, name) = (dims.seq, self.name());
-        let size = dims.batch * seq * dims.width();
+        let query_size = query_layout.shape().elem_count();
+        let key_size = key_layout.shape().elem_count();
         let storage = with_real!(query.dtype(), name, |T| {
             let query = HeadRows::<T>::of(query, query_layout, dims, name)?;
-            let key = HeadRows::<T>::of(key, key_layout, dims, name)?;
-            let value = HeadRows::<T>::of(value, value_layout, dims, name)?;
+            let key = HeadRows::<T>::of(key, key_layout, dims.key_value(), name)?;
+            let value = HeadRows::<T>::of(value, value_layout, dims.key_value(), name)?;
             let grad = HeadRows::<T>::of(self.grad.0, self.grad.1, dims, name)?;
             let probs = self.probs.as_slice::<T>()?;
             let scale = T::of(self.scale);
-            let mut out = vec![T::zero(); 3 * size];
-            let (query_grad, rest) = out.split_at_mut(size);
-            let (key_grad, value_grad) = rest.split_at_mut(size);
-            let blocks = head_blocks(query_grad, dims)
+            let mut out = vec![T::zero(); query_size + 2 * key_size];
+            let (query_grad, rest) = out.split_at_mut(query_size);
+            let (key_grad, value_grad) = rest.split_at_mut(key_size);
+            // One task per (batch, key/value head): it alone writes that head's dK and dV, summed
+            // over its group's query heads in order, and the dQ of those query heads (adjacent
+            // in pair order).
+            let mut query_blocks = head_blocks(query_grad, dims).into_iter();
+            let tasks = head_blocks(key_grad, dims.key_value())
                 .into_iter()
-                .zip(head_blocks(key_grad, dims))
-                .zip(head_blocks(value_grad, dims))
+                .zip(head_blocks(value_grad, dims.key_value()))
+                .map(|blocks| {
+                    let group: Vec<_> = query_blocks.by_ref().take(dims.groups()).collect();
+                    (group, blocks)
+                })
                 .collect::<Vec<_>>();
-            blocks.into_par_iter().enumerate().for_each_init(
+            tasks.into_par_iter().enumerate().for_each_init(
                 || vec![T::zero(); seq * seq],
-                |scores_grad, (pair, ((mut query_grad, mut key_grad), mut value_grad))| {
-                    let (batch, head) = dims.pair(pair);
-                    let pair_probs = &probs[pair * seq * seq..(pair + 1) * seq * seq];
-                    let p = MatrixView::row_major(pair_probs, seq, seq);
-                    let d_out = grad.head(batch, head);
-                    value_grad.set_product(p.t(), d_out);
-                    let v = value.head(batch, head);
-                    gemm_into_with(scores_grad, d_out, v.t(), false, SERIAL);
-                    for (row, p_row) in scores_grad
-                        .chunks_mut(seq.max(1))
-                        .zip(pair_probs.chunks(seq.max(1)))
-                    {
-                        softmax_grad_row(row, p_row, scale);
+                |scores_grad, (task, (query_grads, (mut key_grad, mut value_grad)))| {
+                    let (batch, key_value_head) = dims.key_value().pair(task);
+                    let (k, v) = (
+                        key.head(batch, key_value_head),
+                        value.head(batch, key_value_head),
+                    );
+                    let first_head = key_value_head * dims.groups();
+                    for (member, mut query_grad) in query_grads.into_iter().enumerate() {
+                        let head = first_head + member;
+                        let pair = batch * dims.heads + head;
+                        let pair_probs = &probs[pair * seq * seq..(pair + 1) * seq * seq];
+                        let p = MatrixView::row_major(pair_probs, seq, seq);
+                        let d_out = grad.head(batch, head);
+                        let accumulate = member > 0;
+                        value_grad.product(p.t(), d_out, accumulate);
+                        gemm_into_with(scores_grad, d_out, v.t(), false, SERIAL);
+                        for (row, p_row) in scores_grad
+                            .chunks_mut(seq.max(1))
+                            .zip(pair_probs.chunks(seq.max(1)))
+                        {
+                            softmax_grad_row(row, p_row, scale);
+                        }
+                        let ds = MatrixView::row_major(scores_grad, seq, seq);
+                        query_grad.product(ds, k, false);
+                        key_grad.product(ds.t(), query.head(batch, head), accumulate);
                     }
-                    let ds = MatrixView::row_major(scores_grad, seq, seq);
-                    query_grad.set_product(ds, key.head(batch, head));
-                    key_grad.set_product(ds.t(), query.head(batch, head));
                 },
             );
             T::to_cpu_storage_owned(out)
         });
-        Ok((storage, Shape::from((3, dims.batch, seq, dims.width()))))
+        Ok((storage, Shape::from(query_size + 2 * key_size)))
     }
 }
 
 /// Multi-head causal self-attention without a KV cache: `softmax(scale · q kᵀ + mask) v` per
-/// head, for `query`, `key` and `value` `[batch, seq, num_heads * head_dim]` (the projections'
-/// outputs, heads not split) and the additive `mask` `[batch or 1, 1, seq, seq]` (causal, window
-/// and padding combined; no gradient). Returns `[batch, seq, num_heads * head_dim]` with the heads
-/// merged, differentiable in `query`, `key` and `value`. A fully masked query row (padding)
-/// attends uniformly, as the composition does.
+/// head, for `query` `[batch, seq, num_heads * head_dim]`, `key` and `value`
+/// `[batch, seq, kv_heads * head_dim]` (the projections' outputs, heads not split; `kv_heads`
+/// divides `num_heads`, and query head `h` reads key/value head `h / (num_heads / kv_heads)`, as
+/// HF's `repeat_kv` for grouped-query attention) and the additive `mask`
+/// `[batch or 1, 1, seq, seq]` (causal, window and padding combined; no gradient). Returns
+/// `[batch, seq, num_heads * head_dim]` with the heads merged, differentiable in `query`, `key`
+/// and `value`. A fully masked query row (padding) attends uniformly, as the composition does.
 ///
 /// CPU `f32`/`f64` inputs go through one fused op (half precision is widened to `f32` and the
 /// result cast back, as autocast runs attention's softmax in `f32`); other devices through the
@@ -366,7 +416,7 @@ pub fn causal_self_attention(
         return Ok(merged.to_dtype(query.dtype())?);
     }
     let (batch, seq, width) = query.dims3()?;
-    if key.dims() != query.dims() || value.dims() != query.dims() {
+    if key.dims() != value.dims() || key.dims().get(..2) != query.dims().get(..2) {
         return Err(ModelError::InvalidInput(format!(
             "attention: query {:?}, key {:?} and value {:?} differ in shape",
             query.dims(),
@@ -377,6 +427,17 @@ pub fn causal_self_attention(
     if num_heads == 0 || width % num_heads != 0 {
         return Err(ModelError::InvalidInput(format!(
             "attention: width {width} does not split into {num_heads} heads"
+        )));
+    }
+    let (head_dim, key_width) = (width / num_heads, key.dim(2)?);
+    let kv_heads = key_width / head_dim.max(1);
+    if !key_width.is_multiple_of(head_dim.max(1))
+        || kv_heads == 0
+        || !num_heads.is_multiple_of(kv_heads)
+    {
+        return Err(ModelError::InvalidInput(format!(
+            "attention: key and value width {key_width} is not a number of {head_dim}-wide \
+             heads that divides the {num_heads} query heads"
         )));
     }
     let mask_fits = match *mask.dims() {
@@ -392,11 +453,12 @@ pub fn causal_self_attention(
         )));
     }
     if !fusable(query) || query.elem_count() == 0 {
-        let split = |t: &Tensor| split_heads(t, batch, seq, num_heads, width / num_heads);
+        let split = |t: &Tensor| split_heads(t, batch, seq, num_heads, head_dim);
+        let repeat = |t: &Tensor| repeat_key_value_heads(t, kv_heads, num_heads / kv_heads);
         return attend(
             &split(query)?,
-            &split(key)?,
-            &split(value)?,
+            &split(&repeat(key)?)?,
+            &split(&repeat(value)?)?,
             Some(scale),
             mask,
         );
@@ -424,4 +486,18 @@ pub fn causal_self_attention(
     } else {
         query.apply_op3_no_bwd(&key, &value, &op)?
     })
+}
+
+/// HF's `repeat_kv` on heads not split out: `[batch, seq, kv_heads * head_dim]` to
+/// `[batch, seq, kv_heads * groups * head_dim]`, key/value head `k` serving query heads
+/// `k * groups..(k + 1) * groups`. For the composition; the fused op reads the heads in place.
+fn repeat_key_value_heads(x: &Tensor, kv_heads: usize, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return Ok(x.clone());
+    }
+    let (batch, seq, width) = x.dims3()?;
+    let head_dim = width / kv_heads;
+    Ok(x.reshape((batch, seq, kv_heads, 1, head_dim))?
+        .broadcast_as((batch, seq, kv_heads, groups, head_dim))?
+        .reshape((batch, seq, width * groups))?)
 }
