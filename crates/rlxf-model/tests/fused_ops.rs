@@ -586,6 +586,14 @@ fn rotary_embedding_widens_half_precision_and_gives_the_angles_no_gradient() {
 }
 
 #[test]
+fn rotary_embedding_of_no_positions_is_empty() {
+    let x = random(&[2, 0, 24], 1, DType::F32);
+    let angles = random(&[2, 0, 8], 2, DType::F32);
+    let out = fused_ops::rotary_embedding(&x, &angles, &angles).unwrap();
+    assert_eq!(out.dims(), &[2, 0, 24]);
+}
+
+#[test]
 fn rotary_embedding_rejects_angles_that_do_not_fit() {
     let x = random(&[2, 5, 24], 1, DType::F32);
     let error = |cos_shape: &[usize]| {

@@ -3,8 +3,8 @@
 //!
 //! Why: written out, each of the query and key projections of every layer took two narrows, a
 //! negation, a concatenation, two broadcast products and a sum, forward and again in backward
-//! (zero-filled gradients, a split of the concatenation's gradient): 14 graph nodes and about ten
-//! full-size temporaries per projection, 60 projections per SmolLM2 step.
+//! (zero-filled gradients, a split of the concatenation's gradient), each a full-size temporary
+//! kept for backward: 60 projections per SmolLM2 step.
 
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CustomOp3, Layout, Shape, Tensor, WithDType, D,
@@ -20,10 +20,20 @@ struct Rotation {
 }
 
 impl Rotation {
-    /// `x` rotated head by head; `cos` and `sin` hold one row of `head_dim` per row of `x`.
-    fn rotate<T: Real>(&self, x: &[T], cos: &[T], sin: &[T], width: usize) -> Vec<T> {
-        let head_dim = cos.len() / (x.len() / width).max(1);
+    /// `x` (rows of `width`) rotated head by head; `cos` and `sin` hold one row of `head_dim`
+    /// per row of `x`.
+    fn rotate<T: Real>(
+        &self,
+        x: &[T],
+        cos: &[T],
+        sin: &[T],
+        width: usize,
+        head_dim: usize,
+    ) -> Vec<T> {
         let mut out = vec![T::zero(); x.len()];
+        if out.is_empty() {
+            return out;
+        }
         let rows = out
             .par_chunks_mut(width)
             .zip(x.par_chunks(width))
@@ -108,7 +118,7 @@ impl CustomOp3 for Rotation {
             let x = slice_of::<T>(x, x_layout, self.name())?;
             let cos = slice_of::<T>(cos, cos_layout, self.name())?;
             let sin = slice_of::<T>(sin, sin_layout, self.name())?;
-            T::to_cpu_storage_owned(self.rotate(x, cos, sin, width))
+            T::to_cpu_storage_owned(self.rotate(x, cos, sin, width, head_dim))
         });
         Ok((storage, x_layout.shape().clone()))
     }
