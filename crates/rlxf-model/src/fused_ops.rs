@@ -3,8 +3,8 @@
 //! values in one op), rotary position embeddings, GELU, SwiGLU, bias addition and linear layers,
 //! and the log-probability of target tokens under a softmax over the vocabulary (from logits, or
 //! from hidden states with the LM head's product in the same op). The ops built on matrix products
-//! (`attention`, `linear`, `lm_head`) live in child modules over the `gemm` crate, as does the
-//! rotary embedding.
+//! (`attention`, `linear`, `lm_head`) live in child modules over the `gemm` crate; the rotary
+//! embedding (no matrix product) has a child module of its own.
 //!
 //! Why: the differentiable compositions these replace (`layer_norm_slow`, `ops::softmax`,
 //! `log_softmax` + `gather`, candle's GELU backward) build every intermediate as a fresh tensor,
