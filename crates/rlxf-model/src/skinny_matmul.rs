@@ -18,8 +18,9 @@ use crate::error::Result;
 pub(crate) const MAX_ROWS: usize = 16;
 
 /// Output features computed by one rayon task: enough work per task to amortise scheduling,
-/// enough tasks to balance threads even for a 768-wide projection.
-const COLUMNS_PER_TASK: usize = 64;
+/// enough tasks to balance threads even for a 768-wide projection, and a multiple of
+/// [`FEATURES_PER_GROUP`], so only a product's last task can end in a ragged group.
+const COLUMNS_PER_TASK: usize = 48;
 
 /// `x [m, k] · weight [k, n]`: through the kernel when `x` has at most [`MAX_ROWS`] rows, both are
 /// `f32` on the CPU and `weight` is the transpose of a row-major `[n, k]` matrix (an `nn.Linear`
@@ -154,21 +155,28 @@ impl Product<'_> {
 
     /// Output features `first..first + parts[0].len()` of every row, written to that row's
     /// `parts[row]`. The features go [`FEATURES_PER_GROUP`] at a time, and each group meets
-    /// every row before the next one is read: its weights come from memory once and from L1 for
-    /// the other rows, while the first row tile asks for the next group's weights ahead of use
-    /// (see [`PREFETCH_ROWS`]). Rows go in tiles of up to four, against two or four weight rows
-    /// at a time: each loaded weight vector feeds several multiply-adds, and the sums stay in
-    /// registers (at most eight 8-lane accumulators).
+    /// every row before the next one is read: its weights come from memory once and from cache
+    /// for the other rows, while every row tile asks for the next group's weights ahead of use
+    /// (see [`PREFETCH_ROWS`]). Rows go in tiles of up to four against the group's three weight
+    /// rows: each loaded weight vector feeds four multiply-adds and each row vector three, and
+    /// the twelve 8-lane sums stay in registers (with the three weight vectors and one row
+    /// vector, all sixteen AVX2 registers).
     ///
     /// Why this order: decoding reads 0.5 GB of weights per step at GPT-Neo-125M, and at
     /// batch 8 also does 2 GFLOP; the two only overlap if memory is kept busy while the
     /// multiply-adds run. Tiling rows in the outer loop read a block's weights from memory for
     /// the first four rows and from cache for the next four, so memory sat idle half the time;
-    /// grouping features without prefetching left it idle while a group was reused from L1. A
-    /// batch-8 step's 73 products (2 threads, 2-core EPYC) took 32-37 ms this way against 41-46
-    /// ms with rows outer, and 41-49 ms grouped without prefetching; batch 1, bound by memory
-    /// either way, is unchanged (21-25 ms).
+    /// grouping features without prefetching left it idle while a group was reused from cache.
+    /// A batch-8 step's 73 products (2 threads, 2-core EPYC) took 41-46 ms with rows outer,
+    /// 41-49 ms grouped without prefetching, and 33-37 ms in groups of four features against
+    /// tiles of four rows by two features, prefetched into L1 by the first row tile only. Groups
+    /// of three (a load per 1.7 multiply-adds instead of 1.3), prefetched into L2 by every row
+    /// tile, with the sums reduced in registers, take 28-31 ms at batch 8 and 15-17 ms at
+    /// batch 4 (against 25-27).
     fn block(&self, kernel: Kernel, first: usize, parts: &mut [&mut [f32]]) {
+        if let [row] = parts {
+            return self.single_row(kernel, first, row);
+        }
         let width = parts[0].len();
         let mut feature = 0;
         while feature < width {
@@ -187,19 +195,32 @@ impl Product<'_> {
             let mut row = 0;
             while row < self.rows {
                 row += match self.rows - row {
-                    1 => self.row_tile::<1, 4>(kernel, row, features, parts),
-                    2 => self.row_tile::<2, 4>(kernel, row, features, parts),
-                    3 => self.row_tile::<3, 2>(kernel, row, features, parts),
-                    _ => self.row_tile::<4, 2>(kernel, row, features, parts),
+                    1 => self.row_tile::<1>(kernel, row, features, parts),
+                    2 => self.row_tile::<2>(kernel, row, features, parts),
+                    3 => self.row_tile::<3>(kernel, row, features, parts),
+                    _ => self.row_tile::<4>(kernel, row, features, parts),
                 };
             }
             feature += count;
         }
     }
 
-    /// Rows `row..row + R` against the group's features, `J` at a time; returns `R`. The first
-    /// row tile of a group prefetches.
-    fn row_tile<const R: usize, const J: usize>(
+    /// One row (decoding a single sequence): each output feature's dot product in turn, so the
+    /// weights stream through memory in the order they are stored. With nothing to reuse, a
+    /// step is bound by reading the weights; the hardware prefetcher keeps one sequential stream
+    /// per thread at full speed, while the tiles' four rows read at once (and prefetched by hand)
+    /// reached about three quarters of it. A batch-1 step's 73 products (GPT-Neo-125M, 2
+    /// threads, 2-core EPYC, best of 15) took 16-20 ms this way against 23-24 ms in tiles; the
+    /// memory floor (0.5 GB at the 30-39 GB/s two threads stream here) is 13-17 ms.
+    fn single_row(&self, kernel: Kernel, first: usize, out: &mut [f32]) {
+        let x = &self.x[..self.depth];
+        for (feature, value) in (first..).zip(out.iter_mut()) {
+            *value = kernel.dot(x, &self.weight[feature * self.depth..][..self.depth]);
+        }
+    }
+
+    /// Rows `row..row + R` against the group's features; returns `R`.
+    fn row_tile<const R: usize>(
         &self,
         kernel: Kernel,
         row: usize,
@@ -209,25 +230,23 @@ impl Product<'_> {
         let depth = self.depth;
         let x: [&[f32]; R] = std::array::from_fn(|r| &self.x[(row + r) * depth..][..depth]);
         let last = features.first + features.count - 1;
-        let weights = |feature: usize| &self.weight[feature.min(last) * depth..][..depth];
-        for offset in (0..features.count).step_by(J) {
-            let count = J.min(features.count - offset);
-            let w: [&[f32]; J] = std::array::from_fn(|j| weights(features.first + offset + j));
-            let dots = kernel.dot_tile(&x, &w, row == 0);
-            for (part, dots) in parts[row..row + R].iter_mut().zip(&dots) {
-                part[features.column + offset..][..count].copy_from_slice(&dots[..count]);
-            }
+        let w: [&[f32]; FEATURES_PER_GROUP] = std::array::from_fn(|j| {
+            &self.weight[(features.first + j).min(last) * depth..][..depth]
+        });
+        let dots = kernel.dot_tile(&x, &w);
+        for (part, dots) in parts[row..row + R].iter_mut().zip(&dots) {
+            part[features.column..][..features.count].copy_from_slice(&dots[..features.count]);
         }
         R
     }
 }
 
-/// Output features computed together for every row, a multiple of every tile's `J`.
-const FEATURES_PER_GROUP: usize = 4;
+/// Output features computed together for every row.
+const FEATURES_PER_GROUP: usize = 3;
 
 /// How far ahead of the weight rows being multiplied the kernel prefetches, in weight rows: the
-/// same rows of the next group (two groups measured alike, four worse, and prefetching into L2
-/// from further ahead slower too).
+/// same rows of the next group (into L2: into L1, or two groups ahead, measured alike or
+/// slower).
 const PREFETCH_ROWS: usize = FEATURES_PER_GROUP;
 
 /// A group of output features within a task's part of the rows.
@@ -259,21 +278,28 @@ impl Kernel {
         Kernel::Portable
     }
 
-    /// `dot(x[r], w[j])` for every pair; all rows have the same length. With `prefetch`, the
-    /// weights [`PREFETCH_ROWS`] rows after each `w[j]` are requested into cache as it goes.
+    /// `dot(x, w)` for slices of equal length.
+    fn dot(self, x: &[f32], w: &[f32]) -> f32 {
+        match self {
+            Kernel::Portable => scalar_dot(x, w),
+            // SAFETY: `detect` picks this kernel only on CPUs with AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2Fma => unsafe { dot_avx2_fma(x, w) },
+        }
+    }
+
+    /// `dot(x[r], w[j])` for every pair; all rows have the same length. The AVX2 kernel asks
+    /// for the weights [`PREFETCH_ROWS`] rows after each `w[j]` as it goes.
     fn dot_tile<const R: usize, const J: usize>(
         self,
         x: &[&[f32]; R],
         w: &[&[f32]; J],
-        prefetch: bool,
     ) -> [[f32; J]; R] {
         match self {
             Kernel::Portable => dot_tile_portable(x, w),
             // SAFETY: `detect` picks this kernel only on CPUs with AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Fma if prefetch => unsafe { dot_tile_avx2_fma::<R, J, true>(x, w) },
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2Fma => unsafe { dot_tile_avx2_fma::<R, J, false>(x, w) },
+            Kernel::Avx2Fma => unsafe { dot_tile_avx2_fma(x, w) },
         }
     }
 }
@@ -282,25 +308,27 @@ fn dot_tile_portable<const R: usize, const J: usize>(
     x: &[&[f32]; R],
     w: &[&[f32]; J],
 ) -> [[f32; J]; R] {
-    std::array::from_fn(|r| {
-        std::array::from_fn(|j| x[r].iter().zip(w[j]).map(|(a, b)| a * b).sum())
-    })
+    std::array::from_fn(|r| std::array::from_fn(|j| scalar_dot(x[r], w[j])))
 }
 
-/// [`dot_tile_portable`] in 8-lane registers: the `R * J` sums share every vector load. With
-/// `PREFETCH`, see [`Kernel::dot_tile`].
+/// `dot(x, w)` one product at a time: the portable kernel, and the vector kernels' tails.
+fn scalar_dot(x: &[f32], w: &[f32]) -> f32 {
+    x.iter().zip(w).map(|(a, b)| a * b).sum()
+}
+
+/// [`dot_tile_portable`] in 8-lane registers: the `R * J` sums share every vector load. For
+/// the prefetching, see [`Kernel::dot_tile`].
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_tile_avx2_fma<const R: usize, const J: usize, const PREFETCH: bool>(
+unsafe fn dot_tile_avx2_fma<const R: usize, const J: usize>(
     x: &[&[f32]; R],
     w: &[&[f32]; J],
 ) -> [[f32; J]; R] {
     use std::arch::x86_64::{
-        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm256_storeu_ps, _mm_prefetch,
-        _MM_HINT_T0,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm_prefetch, _MM_HINT_T1,
     };
     const LANES: usize = 8;
     let depth = x[0].len();
@@ -310,11 +338,11 @@ unsafe fn dot_tile_avx2_fma<const R: usize, const J: usize, const PREFETCH: bool
     for p in (0..vectorised).step_by(LANES) {
         // Once per 64-byte line: a prefetch costs a load slot, and with weights already cached
         // twice as many slowed the multiply-adds down.
-        if PREFETCH && p % (2 * LANES) == 0 {
+        if p % (2 * LANES) == 0 {
             for row in w {
                 // A hint, which never faults: the address may lie past the weights' end, so it
                 // is computed without claiming to stay inside them.
-                _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(ahead + p).cast());
+                _mm_prefetch::<_MM_HINT_T1>(row.as_ptr().wrapping_add(ahead + p).cast());
             }
         }
         let mut w_vectors = [_mm256_setzero_ps(); J];
@@ -330,17 +358,75 @@ unsafe fn dot_tile_avx2_fma<const R: usize, const J: usize, const PREFETCH: bool
             }
         }
     }
-    let mut dots = [[0f32; J]; R];
-    for r in 0..R {
-        for j in 0..J {
-            let mut lanes = [0f32; LANES];
-            // SAFETY: `lanes` has room for the `LANES` floats written.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sums[r][j]) };
-            let tail = dot_tile_portable(&[&x[r][vectorised..]], &[&w[j][vectorised..]])[0][0];
-            dots[r][j] = lanes.iter().sum::<f32>() + tail;
+    // The closures read a copy: where they borrowed the loop's own sums and were not inlined,
+    // the borrow kept those sums in memory, and the loop stored all twelve back to the stack on
+    // every step (batch-8 decoding ran at 180-196 tok/s that way, 227-302 without the stores).
+    let totals = sums;
+    std::array::from_fn(|r| {
+        std::array::from_fn(|j| {
+            horizontal_sum(totals[r][j]) + scalar_dot(&x[r][vectorised..], &w[j][vectorised..])
+        })
+    })
+}
+
+/// The sum of a register's eight lanes, in registers: halves, then quarters, then the last
+/// pair. Storing the lanes and adding them one by one took a few percent of a batch-8 step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn horizontal_sum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::{
+        _mm256_castps256_ps128, _mm256_extractf128_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32,
+        _mm_movehdup_ps, _mm_movehl_ps,
+    };
+    let halves = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let quarters = _mm_add_ps(halves, _mm_movehl_ps(halves, halves));
+    _mm_cvtss_f32(_mm_add_ss(quarters, _mm_movehdup_ps(quarters)))
+}
+
+/// [`Kernel::dot`] in four independent 8-lane sums, so consecutive multiply-adds do not wait on
+/// each other's results.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_avx2_fma(x: &[f32], w: &[f32]) -> f32 {
+    use std::arch::x86_64::{_mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps};
+    const LANES: usize = 8;
+    const SUMS: usize = 4;
+    let depth = x.len().min(w.len());
+    let mut sums = [_mm256_setzero_ps(); SUMS];
+    let mut p = 0;
+    while p + SUMS * LANES <= depth {
+        for (lane_block, sum) in sums.iter_mut().enumerate() {
+            let at = p + lane_block * LANES;
+            // SAFETY: `at + LANES <= depth`: the floats read lie inside both slices.
+            let (x_vector, w_vector) = unsafe {
+                (
+                    _mm256_loadu_ps(x[at..].as_ptr()),
+                    _mm256_loadu_ps(w[at..].as_ptr()),
+                )
+            };
+            *sum = _mm256_fmadd_ps(x_vector, w_vector, *sum);
         }
+        p += SUMS * LANES;
     }
-    dots
+    while p + LANES <= depth {
+        // SAFETY: as above, `p + LANES <= depth`.
+        let (x_vector, w_vector) = unsafe {
+            (
+                _mm256_loadu_ps(x[p..].as_ptr()),
+                _mm256_loadu_ps(w[p..].as_ptr()),
+            )
+        };
+        sums[0] = _mm256_fmadd_ps(x_vector, w_vector, sums[0]);
+        p += LANES;
+    }
+    let total = _mm256_add_ps(
+        _mm256_add_ps(sums[0], sums[1]),
+        _mm256_add_ps(sums[2], sums[3]),
+    );
+    horizontal_sum(total) + scalar_dot(&x[p..depth], &w[p..depth])
 }
 
 #[cfg(test)]
@@ -384,8 +470,10 @@ mod tests {
     }
 
     fn equals_the_definition_for_every_kernel_row_tile_and_ragged_size() {
-        // Depth 45 leaves a tail after the 8-lane loop; 203 columns a partial last block and
-        // features left over after the tiles of two and four; the row counts use every tile.
+        // Depth 45 = 32 + 8 + 5 takes the single-row dot through its four-sum loop, its 8-lane
+        // loop and its tail, and the tiles through a tail after the 8-lane loop; 203 columns
+        // (4 tasks of 48 and one of 11 = 3 groups of three and 2 ragged features) a partial last
+        // task and a ragged group; the row counts use every tile.
         let (depth, columns) = (45, 203);
         let weight = random(columns, depth, 2);
         let weight_data: Vec<f32> = weight.flatten_all().unwrap().to_vec1().unwrap();
