@@ -3,7 +3,7 @@
 # the machine this runs on (e.g. a lent machine of the class, a Xeon with AVX-512 and AMX):
 # its CPU and library versions first, then `rlxf bench` at GPT-Neo-125M shapes with 2 threads,
 # the most telling workloads first, so a run cut short still answers the main question. With a
-# second binary (another build of rlxf, say with the `gemm` crate's AVX-512 kernels compiled in),
+# second binary (another build of rlxf, say the commit before a change),
 # that one runs SFT too, without the reference, for a comparison of builds on the same machine.
 #
 #   bench/machine_class.sh OUT_DIR BINARY [SECOND_BINARY]

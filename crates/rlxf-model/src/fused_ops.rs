@@ -3,8 +3,9 @@
 //! values in one op), rotary position embeddings, GELU, SwiGLU, bias addition and linear layers,
 //! and the log-probability of target tokens under a softmax over the vocabulary (from logits, or
 //! from hidden states with the LM head's product in the same op). The ops built on matrix products
-//! (`attention`, `linear`, `lm_head`) live in child modules over the `gemm` crate; the rotary
-//! embedding (no matrix product) has a child module of its own.
+//! (`attention`, `linear`, `lm_head`) live in child modules over the `gemm` crate, and, for the
+//! bf16 operands of a mixed-precision forward, over `gemm_bf16` (AVX512-BF16 dot products); the
+//! rotary embedding (no matrix product) has a child module of its own.
 //!
 //! Why: the differentiable compositions these replace (`layer_norm_slow`, `ops::softmax`,
 //! `log_softmax` + `gather`, candle's GELU backward) build every intermediate as a fresh tensor,
@@ -15,7 +16,9 @@
 //!
 //! The kernels run on CPU tensors of `f32` or `f64`. Half-precision (`bf16`, `f16`) inputs, those of
 //! a mixed-precision forward, are widened to `f32` and the result cast back (log-probabilities and
-//! entropies stay `f32`), as PyTorch autocast runs these ops in `f32`. On any other device each
+//! entropies stay `f32`), as PyTorch autocast runs these ops in `f32`; the exceptions are autocast's
+//! bf16 matmuls: `linear` takes bf16 operands as they are and the LM head rounds its operands to
+//! bf16, both summing in `f32`. On any other device each
 //! public function falls back to the differentiable composition it replaces, so callers need not
 //! care.
 //! Every kernel and every backward is tested against those compositions and against finite
@@ -52,11 +55,29 @@ trait Real: Float + NumAssign + WithDType + Send + Sync {
         let two = Self::of(2.0);
         Self::one() - two / ((two * self).exp_kernel() + Self::one())
     }
+
+    /// `values` as `f32`, if that is what they are: products with bf16 operands (a mixed-precision
+    /// forward) take their operands and sums in `f32`.
+    fn as_f32(_values: &[Self]) -> Option<&[f32]> {
+        None
+    }
+
+    fn as_f32_mut(_values: &mut [Self]) -> Option<&mut [f32]> {
+        None
+    }
 }
 impl Real for f32 {
     #[inline(always)]
     fn exp_kernel(self) -> Self {
         exp_f32(self)
+    }
+
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
+
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        Some(values)
     }
 }
 impl Real for f64 {
@@ -940,6 +961,8 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 
 mod gemm;
 use gemm::{gemm_into, gemm_into_with, gemm_raw, MatrixView, SavedForBackward};
+mod gemm_bf16;
+use gemm_bf16::{Operands, Rhs};
 
 // ---------------------------------------------------------------------------------------------
 // LM head and target-token log-probabilities in one op

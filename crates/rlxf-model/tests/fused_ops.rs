@@ -432,17 +432,29 @@ fn causal_self_attention_supports_repeated_backward() {
     }
 }
 
+/// Random f32 parameters (tracked variables) of `shapes` and their bf16 casts, as a
+/// mixed-precision forward takes them.
+fn f32_parameters_and_bf16_casts(shapes: &[&[usize]], seed: u64) -> (Vec<Tensor>, Vec<Tensor>) {
+    let params: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, shape)| {
+            let var = Var::from_tensor(&random(shape, seed + i as u64, DType::F32)).unwrap();
+            var.as_tensor().clone()
+        })
+        .collect();
+    let casts = params
+        .iter()
+        .map(|t| t.to_dtype(DType::BF16).unwrap())
+        .collect();
+    (params, casts)
+}
+
 /// bf16 inputs (a mixed-precision forward) run in f32 and come back in bf16, and their
 /// gradients reach the f32 parameters they were cast from.
 #[test]
 fn causal_self_attention_widens_half_precision() {
-    let vars: Vec<Var> = ATTENTION_SHAPES
-        .iter()
-        .enumerate()
-        .map(|(i, shape)| Var::from_tensor(&random(shape, 50 + i as u64, DType::F32)).unwrap())
-        .collect();
-    let t: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let half: Vec<Tensor> = t.iter().map(|t| t.to_dtype(DType::BF16).unwrap()).collect();
+    let (t, half) = f32_parameters_and_bf16_casts(ATTENTION_SHAPES, 50);
     let mask = attention_mask(2, 7, 7, DType::F32);
     let output =
         fused_ops::causal_self_attention(&half[0], &half[1], &half[2], &mask, ATTENTION_HEADS, 0.5)
@@ -664,6 +676,68 @@ fn linear_matches_the_composition_and_finite_differences_in_both_layouts() {
         }
         let fused = |t: &[Tensor]| fused_ops::linear(&t[0], &t[1], t.get(2), layout).unwrap();
         check_finite_differences(&[&[3, 6, 7], &weight, &[5]], fused);
+    }
+}
+
+/// The largest difference between `got` and `want` relative to `want`'s largest magnitude.
+fn relative_diff(got: &Tensor, want: &Tensor) -> f64 {
+    let scale = want
+        .to_dtype(DType::F64)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    max_abs_diff(got, want) / scale
+}
+
+/// A bf16 layer (mixed precision: bf16 casts of f32 parameters) multiplies bf16 operands with
+/// f32 sums (`gemm_bf16`), forward and backward: the f32 product of the same bf16 values, rounded
+/// once to bf16; gradients reach the f32 parameters.
+#[test]
+fn linear_in_bf16_is_the_rounded_f32_product_of_the_bf16_operands() {
+    for (layout, weight_shape) in [
+        (WeightLayout::OutIn, [70, 45]),
+        (WeightLayout::InOut, [45, 70]),
+    ] {
+        // 3 × 17 = 51 rows: the fused op (more than the 16 rows of a generation step).
+        let shapes: [&[usize]; 3] = [&[3, 17, 45], &weight_shape, &[70]];
+        let (t, half) = f32_parameters_and_bf16_casts(&shapes, 80);
+        for with_bias in [true, false] {
+            let bias = with_bias.then_some(&half[2]);
+            let output = fused_ops::linear(&half[0], &half[1], bias, layout).unwrap();
+            assert_eq!(output.dtype(), DType::BF16);
+            let inputs = if with_bias { &half[..] } else { &half[..2] };
+            let wide: Vec<Tensor> = inputs
+                .iter()
+                .map(|t| t.to_dtype(DType::F32).unwrap())
+                .collect();
+            let reference = linear_composition(&wide, layout);
+            // One rounding to bf16 (8 bits of mantissa) of the f32 result.
+            let diff = relative_diff(&output, &reference);
+            assert!(
+                diff < 1.0 / 256.0,
+                "{layout:?}, bias {with_bias}: output differs by {diff}"
+            );
+            let grads = weighted_sum(&output.to_dtype(DType::F32).unwrap(), 5)
+                .backward()
+                .unwrap();
+            let reference_grads = weighted_sum(&reference, 5).backward().unwrap();
+            for (i, input) in t.iter().take(inputs.len()).enumerate() {
+                let grad = grads
+                    .get(input)
+                    .expect("gradient reaches the f32 parameter");
+                assert_eq!(grad.dtype(), DType::F32);
+                // The incoming gradient is rounded to bf16 before the product, then the result.
+                let diff = relative_diff(grad, reference_grads.get(input).unwrap());
+                assert!(
+                    diff < 2.0 / 256.0,
+                    "{layout:?}, bias {with_bias}: gradient {i} differs by {diff}"
+                );
+            }
+        }
     }
 }
 

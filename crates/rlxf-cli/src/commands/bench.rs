@@ -51,8 +51,9 @@ pub struct BenchArgs {
 
     /// Precisions both engines run the `train` workload in, comma-separated: `f32` and `bf16`
     /// (mixed precision: PyTorch's autocast; rlxf's `[train] precision = "bf16"`, bf16 compute
-    /// over f32 master weights). bf16 autocast is emulated, and very slow, on CPUs without
-    /// AVX512-BF16/AMX; candle's CPU matmul has no bf16 kernel either.
+    /// over f32 master weights). Both multiply bf16 with AVX512-BF16 (or AMX) instructions where
+    /// the CPU has them; elsewhere PyTorch's autocast is emulated and very slow, and rlxf widens
+    /// the bf16 operands to f32.
     #[arg(
         long,
         alias = "reference-precisions",

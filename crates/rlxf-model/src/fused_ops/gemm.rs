@@ -29,6 +29,18 @@ impl<'a, T> MatrixView<'a, T> {
         }
     }
 
+    /// The same matrix over `data` (of another element type, the same layout).
+    pub(super) fn with_data<U>(self, data: &'a [U]) -> MatrixView<'a, U> {
+        assert_eq!(data.len(), self.data.len(), "with_data: another layout");
+        MatrixView {
+            data,
+            rows: self.rows,
+            cols: self.cols,
+            row_stride: self.row_stride,
+            col_stride: self.col_stride,
+        }
+    }
+
     pub(super) fn t(self) -> Self {
         Self {
             rows: self.cols,

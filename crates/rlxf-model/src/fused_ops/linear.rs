@@ -2,12 +2,14 @@
 //! gradient straight in its parameter's layout.
 
 use candle_core::{
-    backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape,
-    Tensor, WithDType, D,
+    backend::BackendStorage, bail, CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout,
+    Shape, Tensor, WithDType, D,
 };
+use half::bf16;
 use num_traits::Zero;
 use rayon::prelude::*;
 
+use super::gemm_bf16::{gemm_bf16, narrowed_to_bf16};
 use super::{
     fusable, gemm_into, map_rows, row_width, rows_and_width, slice_of, MatrixView, Real,
     MIN_ROWS_PER_TASK,
@@ -82,10 +84,17 @@ impl CustomOp1 for ColumnSums {
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let width = row_width(layout);
-        let storage = with_real!(x.dtype(), self.name(), |T| {
-            let x = slice_of::<T>(x, layout, self.name())?;
-            T::to_cpu_storage_owned(column_sums(x, width))
-        });
+        let storage = if x.dtype() == DType::BF16 {
+            // Summed in f32 (as autocast's bf16 bias gradient is), rounded once.
+            let x = slice_of::<bf16>(x, layout, self.name())?;
+            let wide: Vec<f32> = x.par_iter().map(|x| x.to_f32()).collect();
+            narrowed_to_bf16(&column_sums(&wide, width))
+        } else {
+            with_real!(x.dtype(), self.name(), |T| {
+                let x = slice_of::<T>(x, layout, self.name())?;
+                T::to_cpu_storage_owned(column_sums(x, width))
+            })
+        };
         Ok((storage, Shape::from(width)))
     }
 }
@@ -136,6 +145,20 @@ impl WeightLayout {
         }
     }
 
+    /// The factors of the weight's gradient in its layout, from the output's gradient `dy` and the
+    /// input `x` (`[rows, out]` and `[rows, in]`): `dy^T · x` for `[out, in]`, `x^T · dy` for
+    /// `[in, out]`.
+    fn weight_grad_factors<'a, T>(
+        self,
+        dy: MatrixView<'a, T>,
+        x: MatrixView<'a, T>,
+    ) -> (MatrixView<'a, T>, MatrixView<'a, T>) {
+        match self {
+            WeightLayout::OutIn => (dy.t(), x),
+            WeightLayout::InOut => (x.t(), dy),
+        }
+    }
+
     /// `(in, out)` from the weight's dims.
     fn in_out(self, dims: &[usize]) -> candle_core::Result<(usize, usize)> {
         match (self, dims) {
@@ -173,6 +196,27 @@ impl LinearOp {
                 bias.map(|(_, layout)| layout.dims())
             );
         }
+        if x.0.dtype() == DType::BF16 {
+            let input = slice_of::<bf16>(x.0, x.1, name)?;
+            let weight = slice_of::<bf16>(weight.0, weight.1, name)?;
+            let mut out = vec![0f32; rows * out_dim];
+            if let Some((bias, bias_layout)) = bias {
+                let bias: Vec<f32> = slice_of::<bf16>(bias, bias_layout, name)?
+                    .iter()
+                    .map(|b| b.to_f32())
+                    .collect();
+                out.par_chunks_mut(out_dim.max(1))
+                    .with_min_len(MIN_ROWS_PER_TASK)
+                    .for_each(|row| row.copy_from_slice(&bias));
+            }
+            gemm_bf16(
+                &mut out,
+                MatrixView::row_major(input, rows, in_dim),
+                self.layout.as_in_out(weight, in_dim, out_dim),
+                bias.is_some(),
+            );
+            return Ok((narrowed_to_bf16(&out), output_shape(x.1, out_dim)));
+        }
         let storage = with_real!(x.0.dtype(), name, |T| {
             let input = slice_of::<T>(x.0, x.1, name)?;
             let weight = slice_of::<T>(weight.0, weight.1, name)?;
@@ -192,9 +236,7 @@ impl LinearOp {
             );
             T::to_cpu_storage_owned(out)
         });
-        let mut dims = x.1.dims().to_vec();
-        *dims.last_mut().expect("checked width") = out_dim;
-        Ok((storage, Shape::from(dims)))
+        Ok((storage, output_shape(x.1, out_dim)))
     }
 
     /// `dL/dx = dy · W^T` and `dL/dW` in the weight's own layout.
@@ -290,6 +332,18 @@ impl CustomOp2 for LinearInputGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (in_dim, out_dim) = self.0.in_out(weight_layout.dims())?;
         let (rows, _) = rows_and_width(grad_layout);
+        if grad.dtype() == DType::BF16 {
+            let grad = slice_of::<bf16>(grad, grad_layout, self.name())?;
+            let weight = slice_of::<bf16>(weight, weight_layout, self.name())?;
+            let mut out = vec![0f32; rows * in_dim];
+            gemm_bf16(
+                &mut out,
+                MatrixView::row_major(grad, rows, out_dim),
+                self.0.as_in_out(weight, in_dim, out_dim).t(),
+                false,
+            );
+            return Ok((narrowed_to_bf16(&out), output_shape(grad_layout, in_dim)));
+        }
         let storage = with_real!(grad.dtype(), self.name(), |T| {
             let grad = slice_of::<T>(grad, grad_layout, self.name())?;
             let weight = slice_of::<T>(weight, weight_layout, self.name())?;
@@ -302,9 +356,7 @@ impl CustomOp2 for LinearInputGrad {
             );
             T::to_cpu_storage_owned(out)
         });
-        let mut dims = grad_layout.dims().to_vec();
-        *dims.last_mut().expect("a matrix") = in_dim;
-        Ok((storage, Shape::from(dims)))
+        Ok((storage, output_shape(grad_layout, in_dim)))
     }
 }
 
@@ -325,20 +377,29 @@ impl CustomOp2 for LinearWeightGrad {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (rows, out_dim) = rows_and_width(grad_layout);
         let in_dim = row_width(x_layout);
-        let storage = with_real!(grad.dtype(), self.name(), |T| {
-            let grad = MatrixView::row_major(
-                slice_of::<T>(grad, grad_layout, self.name())?,
-                rows,
-                out_dim,
+        let storage = if grad.dtype() == DType::BF16 {
+            let grad = slice_of::<bf16>(grad, grad_layout, self.name())?;
+            let x = slice_of::<bf16>(x, x_layout, self.name())?;
+            let (a, b) = self.0.weight_grad_factors(
+                MatrixView::row_major(grad, rows, out_dim),
+                MatrixView::row_major(x, rows, in_dim),
             );
-            let x = MatrixView::row_major(slice_of::<T>(x, x_layout, self.name())?, rows, in_dim);
-            let mut out = vec![T::zero(); in_dim * out_dim];
-            match self.0 {
-                WeightLayout::OutIn => gemm_into(&mut out, grad.t(), x, false),
-                WeightLayout::InOut => gemm_into(&mut out, x.t(), grad, false),
-            }
-            T::to_cpu_storage_owned(out)
-        });
+            let mut out = vec![0f32; in_dim * out_dim];
+            gemm_bf16(&mut out, a, b, false);
+            narrowed_to_bf16(&out)
+        } else {
+            with_real!(grad.dtype(), self.name(), |T| {
+                let grad = slice_of::<T>(grad, grad_layout, self.name())?;
+                let x = slice_of::<T>(x, x_layout, self.name())?;
+                let (a, b) = self.0.weight_grad_factors(
+                    MatrixView::row_major(grad, rows, out_dim),
+                    MatrixView::row_major(x, rows, in_dim),
+                );
+                let mut out = vec![T::zero(); in_dim * out_dim];
+                gemm_into(&mut out, a, b, false);
+                T::to_cpu_storage_owned(out)
+            })
+        };
         let shape = match self.0 {
             WeightLayout::OutIn => Shape::from((out_dim, in_dim)),
             WeightLayout::InOut => Shape::from((in_dim, out_dim)),
@@ -347,9 +408,18 @@ impl CustomOp2 for LinearWeightGrad {
     }
 }
 
+/// `x`'s dims with the last one replaced by `width`.
+fn output_shape(x: &Layout, width: usize) -> Shape {
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("a matrix") = width;
+    Shape::from(dims)
+}
+
 /// `x · W + b` over the last dimension of `x`, for a weight stored as `layout` says; differentiable
 /// in all three. Products of at most [`skinny_matmul::MAX_ROWS`] rows (generation steps) go
-/// through [`skinny_matmul`]; other devices and dtypes through candle's matmul.
+/// through [`skinny_matmul`]; bf16 products (a mixed-precision forward) through
+/// [`gemm_bf16`], bf16 operands with f32 sums as PyTorch autocast's; other devices and dtypes
+/// through candle's matmul.
 pub fn linear(
     x: &Tensor,
     weight: &Tensor,
@@ -359,7 +429,8 @@ pub fn linear(
     let in_dim = x.dim(D::Minus1)?;
     let rows = x.elem_count() / in_dim.max(1);
     let same_dtype = weight.dtype() == x.dtype() && bias.is_none_or(|b| b.dtype() == x.dtype());
-    if !fusable(x) || !same_dtype || rows <= skinny_matmul::MAX_ROWS {
+    let bf16_on_cpu = x.device().is_cpu() && x.dtype() == DType::BF16;
+    if !(fusable(x) || bf16_on_cpu) || !same_dtype || rows <= skinny_matmul::MAX_ROWS {
         let weight = match layout {
             WeightLayout::OutIn => weight.t()?,
             WeightLayout::InOut => weight.clone(),

@@ -7,8 +7,8 @@ use num_traits::Zero;
 use rayon::prelude::*;
 
 use super::{
-    fusable, gemm_into, in_kernel_dtype, log_sum_exp, slice_of, target_of, token_logprobs,
-    MatrixView, Real, SavedForBackward,
+    fusable, in_kernel_dtype, log_sum_exp, slice_of, target_of, token_logprobs, MatrixView,
+    Operands, Real, Rhs, SavedForBackward,
 };
 use crate::error::Result;
 
@@ -19,8 +19,9 @@ const LM_HEAD_GRAD_ROWS: usize = 256;
 
 /// `log_softmax(hidden · weight^T)[row, target[row]]` for `hidden` `[rows, width]`, the head
 /// `weight` `[vocab, width]` and `u32` targets `[rows]`.
-#[derive(Default)]
 struct LmHeadTokenLogProbsOp {
+    /// bf16 operands for the hidden states of a mixed-precision forward, in forward and backward.
+    operands: Operands,
     /// `softmax(hidden · weight^T)` from forward, `[rows, vocab]`: backward's `onehot - p` without
     /// recomputing the logits.
     probs: SavedForBackward,
@@ -60,10 +61,13 @@ impl CustomOp3 for LmHeadTokenLogProbsOp {
             let hidden = slice_of::<T>(hidden, hidden_layout, self.name())?;
             let weight = slice_of::<T>(weight, weight_layout, self.name())?;
             let mut probs = vec![T::zero(); rows * vocab];
-            gemm_into(
+            Rhs::new(
+                MatrixView::row_major(weight, vocab, width).t(),
+                self.operands,
+            )
+            .product_into(
                 &mut probs,
                 MatrixView::row_major(hidden, rows, width),
-                MatrixView::row_major(weight, vocab, width).t(),
                 false,
             );
             let mut out = vec![T::zero(); rows];
@@ -99,6 +103,7 @@ impl CustomOp3 for LmHeadTokenLogProbsOp {
             bail!("{}: backward without a forward pass", self.name())
         };
         let grads = LmHeadGrads {
+            operands: self.operands,
             probs,
             targets: &targets.to_vec1::<u32>()?,
         };
@@ -121,6 +126,7 @@ impl CustomOp3 for LmHeadTokenLogProbsOp {
 /// per chunk, `dweight` accumulated in place by gemm; rows with `dy = 0` (masked positions) are
 /// skipped.
 struct LmHeadGrads<'a> {
+    operands: Operands,
     probs: &'a CpuStorage,
     targets: &'a [u32],
 }
@@ -146,6 +152,8 @@ impl CustomOp3 for LmHeadGrads<'_> {
             let weight = slice_of::<T>(weight, weight_layout, self.name())?;
             let grad = slice_of::<T>(grad, grad_layout, self.name())?;
             let probs = self.probs.as_slice::<T>()?;
+            // Every chunk's `G · weight` has the same right-hand side: packed once.
+            let weight = Rhs::new(MatrixView::row_major(weight, vocab, width), self.operands);
             let active: Vec<usize> = (0..rows).filter(|&row| grad[row] != T::zero()).collect();
             let mut out = vec![T::zero(); (rows + vocab) * width];
             let (hidden_grad, weight_grad) = out.split_at_mut(rows * width);
@@ -170,21 +178,15 @@ impl CustomOp3 for LmHeadGrads<'_> {
                     gathered.copy_from_slice(&hidden[row * width..(row + 1) * width]);
                 }
                 let logits_grad = MatrixView::row_major(&*logits_grad, n, vocab);
-                gemm_into(
-                    &mut chunk_hidden_grad[..n * width],
-                    logits_grad,
-                    MatrixView::row_major(weight, vocab, width),
-                    false,
-                );
+                weight.product_into(&mut chunk_hidden_grad[..n * width], logits_grad, false);
                 for (gathered, &row) in chunk_hidden_grad.chunks(width.max(1)).zip(chunk) {
                     hidden_grad[row * width..(row + 1) * width].copy_from_slice(gathered);
                 }
-                gemm_into(
-                    weight_grad,
-                    logits_grad.t(),
+                Rhs::new(
                     MatrixView::row_major(&chunk_hidden[..n * width], n, width),
-                    index > 0,
-                );
+                    self.operands,
+                )
+                .product_into(weight_grad, logits_grad.t(), index > 0);
             }
             T::to_cpu_storage_owned(out)
         });
@@ -204,7 +206,8 @@ impl CustomOp3 for LmHeadGrads<'_> {
 /// into a `[vocab, width]` gradient.
 ///
 /// Half-precision hidden states (a bf16 forward over f32 parameters) are widened to `f32` and go
-/// through the same kernel. On other devices, or for a non-contiguous weight (copying a whole
+/// through the same kernel, its products (forward and backward) with operands rounded to bf16
+/// and `f32` sums, as PyTorch autocast runs a bf16 model's head. On other devices, or for a non-contiguous weight (copying a whole
 /// vocabulary matrix per call would cost more than it saves), this is the composition as the
 /// models' heads compute it, the logits upcast to `f32` unless they are `f64` before the
 /// log-softmax; the result is `f32` or `f64` either way.
@@ -213,10 +216,25 @@ pub fn lm_head_token_logprobs(
     weight: &Tensor,
     targets: &Tensor,
 ) -> Result<Tensor> {
-    // The f32 head of a bf16 forward: the product runs in f32, the log-probs come out f32.
-    if let Some([hidden, weight]) = in_kernel_dtype([hidden, weight])? {
-        return lm_head_token_logprobs(&hidden, &weight, targets);
+    // The f32 head of a bf16 forward: bf16 products, f32 softmax; the log-probs come out f32.
+    if let Some([wide, weight]) = in_kernel_dtype([hidden, weight])? {
+        let operands = match hidden.dtype() {
+            DType::BF16 => Operands::Bf16,
+            _ => Operands::Exact,
+        };
+        return lm_head_token_logprobs_with(&wide, &weight, targets, operands);
     }
+    lm_head_token_logprobs_with(hidden, weight, targets, Operands::Exact)
+}
+
+/// [`lm_head_token_logprobs`] for hidden states and weight of one kernel dtype, whose products
+/// take their operands as `operands` says.
+fn lm_head_token_logprobs_with(
+    hidden: &Tensor,
+    weight: &Tensor,
+    targets: &Tensor,
+    operands: Operands,
+) -> Result<Tensor> {
     let (rows, width) = hidden.dims2()?;
     let (_, weight_width) = weight.dims2()?;
     if weight_width != width {
@@ -237,7 +255,12 @@ pub fn lm_head_token_logprobs(
     if !(fusable(hidden) && fusable(weight) && weight.is_contiguous()) {
         return token_logprobs(&hidden.matmul(&weight.t()?)?, &targets);
     }
-    Ok(hidden
-        .contiguous()?
-        .apply_op3(weight, &targets, LmHeadTokenLogProbsOp::default())?)
+    Ok(hidden.contiguous()?.apply_op3(
+        weight,
+        &targets,
+        LmHeadTokenLogProbsOp {
+            operands,
+            probs: SavedForBackward::default(),
+        },
+    )?)
 }
