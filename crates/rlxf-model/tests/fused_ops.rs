@@ -867,16 +867,46 @@ fn lm_head_token_logprobs_fall_back_to_the_composition() {
     let mixed = fused_ops::lm_head_token_logprobs(&hidden, &weight, &targets).unwrap();
     assert_eq!(mixed.dtype(), DType::F32);
     assert!(max_abs_diff(&mixed, &reference) < 0.1);
+    // Its product takes the weight rounded to bf16, as autocast's matmul does, with f32 sums:
+    // over the rounded weight the composition agrees to f32 precision, where the unrounded
+    // weight's logits differ by about 1e-3.
+    let hidden_f32 = hidden.to_dtype(DType::F32).unwrap();
+    let rounded_weight = weight
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let over_rounded = lm_head_composition(&hidden_f32, &rounded_weight, &targets);
+    assert!(max_abs_diff(&mixed, &over_rounded) < 1e-5);
     let grads = mixed.sum_all().unwrap().backward().unwrap();
     let weight_grad = grads.get(weight.as_tensor()).unwrap();
-    let reference_grad =
-        lm_head_composition(&hidden.to_dtype(DType::F32).unwrap(), &weight, &targets)
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+    let reference_grad = lm_head_composition(&hidden_f32, &weight, &targets)
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
     assert_eq!(weight_grad.dtype(), DType::F32);
     assert!(max_abs_diff(weight_grad, reference_grad.get(weight.as_tensor()).unwrap()) < 0.05);
+    // Backward too: `G = onehot(target) - p` is rounded to bf16 before `dweight = Gᵀ · hidden`
+    // (f32 sums), which the f32 composition above only meets to about 1e-3.
+    let probs = candle_nn::ops::softmax(
+        &hidden_f32.matmul(&rounded_weight.t().unwrap()).unwrap(),
+        D::Minus1,
+    )
+    .unwrap();
+    let onehot = candle_nn::encoding::one_hot(targets.clone(), 5, 1f32, 0f32).unwrap();
+    let rounded_logits_grad = (onehot - probs)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let rounded_reference = rounded_logits_grad
+        .t()
+        .unwrap()
+        .matmul(&hidden_f32)
+        .unwrap();
+    assert!(max_abs_diff(weight_grad, &rounded_reference) < 1e-5);
 }
 
 #[test]

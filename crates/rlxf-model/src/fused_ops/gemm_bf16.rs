@@ -747,14 +747,19 @@ mod tests {
     #[test]
     fn products_match_the_definition_for_ragged_shapes_strides_and_depth_blocks() {
         // Rows not a multiple of the 6-row panels (nor of a task's 96), columns not a multiple of
-        // the 64-column panels (nor of a task's 256), an odd depth spanning three depth blocks
-        // (2 × 64 pairs + 3) and, packed depth-first, a ragged last 16 pairs: every padded and
-        // masked edge, for each way an operand can be stored.
-        let (m, k, n) = (101, 2 * 2 * BLOCK_PAIRS + 5, 263);
-        let (a, b) = (matrix(m * k, 1), matrix(k * n, 2));
-        check_products(&a, &b, (m, k, n));
-        let narrow = |x: Vec<f32>| -> Vec<bf16> { x.into_iter().map(bf16::from_f32).collect() };
-        check_products(&narrow(a), &narrow(b), (m, k, n));
+        // the 64-column panels (nor of a task's 256), depths spanning three depth blocks
+        // (2 × 64 pairs and a few more): every padded and masked edge, for each way an operand
+        // can be stored. The odd depth pads its last pair with a zero; the even one fills it.
+        // Packed depth-first, 16 pairs (32 values) are loaded at a time: the odd depth ends in a
+        // chunk of 5 values (the upper 16 all masked off), the even one in a chunk of 26 (the
+        // upper 16 partly masked).
+        for k in [2 * 2 * BLOCK_PAIRS + 5, 2 * 2 * BLOCK_PAIRS + 26] {
+            let (m, n) = (101, 263);
+            let (a, b) = (matrix(m * k, 1), matrix(k * n, 2));
+            check_products(&a, &b, (m, k, n));
+            let narrow = |x: Vec<f32>| -> Vec<bf16> { x.into_iter().map(bf16::from_f32).collect() };
+            check_products(&narrow(a), &narrow(b), (m, k, n));
+        }
     }
 
     #[test]
