@@ -18,11 +18,13 @@ out=$1 binary=$2 second=${3:-}
 size=${SIZE:-125m} steps=${STEPS:-2}
 mkdir -p "$out"
 log=$out/log.txt
+# The CPU features that decide which kernels run, space-separated with a trailing space.
+flags="$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' |
+  grep -x -E 'avx2|fma|avx512f|avx512_bf16|avx512_fp16|amx_bf16|amx_tile' | tr '\n' ' ')"
 {
   date -u
   lscpu | grep -E 'Model name|^CPU\(s\)|Thread|Core|Socket'
-  echo "flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' |
-    grep -x -E 'avx2|fma|avx512f|avx512_bf16|avx512_fp16|amx_bf16|amx_tile' | tr '\n' ' ')"
+  echo "flags: $flags"
   python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
 } 2>&1 | tee -a "$log"
 bench() {
@@ -40,7 +42,7 @@ bench generate "$binary" --only generate
 # bf16 only where the CPU multiplies bf16 itself: elsewhere PyTorch's autocast is emulated and one
 # step takes longer than the whole run (it did not finish in 15 minutes on an AVX2-only EPYC).
 precisions=f32
-if grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -q -x -E 'avx512_bf16|amx_bf16'; then
+if [[ " $flags" == *" avx512_bf16 "* || " $flags" == *" amx_bf16 "* ]]; then
   precisions=f32,bf16
 else
   echo "no avx512_bf16 or amx_bf16: train runs in f32 only" | tee -a "$log"
