@@ -960,6 +960,8 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 // Matrix products on `gemm`, and buffers kept for backward
 
 mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod gemm_avx2;
 use gemm::{gemm_into, gemm_into_with, gemm_raw, MatrixView, SavedForBackward};
 mod gemm_bf16;
 use gemm_bf16::{Operands, Rhs};

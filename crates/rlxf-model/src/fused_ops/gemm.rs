@@ -120,6 +120,31 @@ pub(super) unsafe fn gemm_raw<T: Real>(
         b.rows,
         b.cols
     );
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(a_data), Some(b_data)) = (T::as_f32(a.data), T::as_f32(b.data)) {
+        if avx2_kernel_fits(a.rows, b.cols) {
+            let threads = match parallelism {
+                gemm::Parallelism::None => 1,
+                gemm::Parallelism::Rayon(threads) => threads,
+            };
+            // SAFETY: as for gemm below; `T` is `f32` (its data viewed as `f32`) and the kernel's
+            // instructions are there (`avx2_kernel_fits`).
+            unsafe {
+                super::gemm_avx2::matmul(
+                    a.rows,
+                    b.cols,
+                    a.cols,
+                    dst.cast(),
+                    dst_row_stride,
+                    super::gemm_avx2::RawMatrix::of(a.with_data(a_data)),
+                    super::gemm_avx2::RawMatrix::of(b.with_data(b_data)),
+                    accumulate,
+                    threads,
+                )
+            };
+            return;
+        }
+    }
     // SAFETY: the assertion keeps every element gemm reads inside `a.data` and `b.data`; the
     // caller vouches for the elements it writes, which overlap neither (`a` and `b` are shared
     // borrows, the destination is exclusively the caller's).
@@ -147,6 +172,20 @@ pub(super) unsafe fn gemm_raw<T: Real>(
             parallelism,
         );
     }
+}
+
+/// Whether an f32 product of `rows × cols` goes to the AVX2 kernel: on machines with AVX2 and
+/// FMA but not AVX-512 (where gemm's AVX-512 kernels were measured fast), and outside decoding's
+/// few-row products, which would fill a fraction of its six-row tiles.
+#[cfg(target_arch = "x86_64")]
+fn avx2_kernel_fits(rows: usize, cols: usize) -> bool {
+    use std::sync::OnceLock;
+    static AVX2_WITHOUT_AVX512: OnceLock<bool> = OnceLock::new();
+    rows >= 24
+        && cols >= 16
+        && *AVX2_WITHOUT_AVX512.get_or_init(|| {
+            super::gemm_avx2::available() && !std::arch::is_x86_feature_detected!("avx512f")
+        })
 }
 
 /// A buffer a custom op's forward keeps for its backward, in the op instance itself: candle keeps
