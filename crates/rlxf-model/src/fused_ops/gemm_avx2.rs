@@ -208,7 +208,7 @@ unsafe fn matmul_serial(
         let col_block = cols.min(COL_BLOCK).next_multiple_of(TILE_COLS);
         let row_block = rows.min(ROW_BLOCK).next_multiple_of(TILE_ROWS);
         let depth_block = depth.min(DEPTH_BLOCK);
-        let packed_a = aligned(packed_a, row_block * depth_block + 8);
+        let packed_a = aligned(packed_a, row_block * depth_block + STEP_OVERHANG);
         let packed_b = aligned(packed_b, depth_block * col_block);
         for col_start in (0..cols).step_by(COL_BLOCK) {
             let block_cols = (cols - col_start).min(COL_BLOCK);
@@ -274,7 +274,7 @@ fn aligned(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Packs `a`'s `[rows, depth]` block as panels of [`TILE_ROWS`] rows, each stored depth-major
 /// (the tile's rows of one depth step together); rows past the block are zeros. `packed` holds
-/// eight elements past the last panel (see [`pack_rows_6x8`]).
+/// [`STEP_OVERHANG`] elements past the last panel.
 unsafe fn pack_a(packed: &mut [f32], a: RawMatrix, rows: usize, depth: usize) {
     let whole_rows = rows - rows % TILE_ROWS;
     if a.col_stride == 1 {
@@ -347,9 +347,12 @@ fn pack_a_scalar(
     }
 }
 
+/// Elements [`pack_rows_6x8`] writes past its last step: it stores each six-element step as
+/// eight lanes (the last two zeros), which the next step overwrites.
+const STEP_OVERHANG: usize = 8 - TILE_ROWS;
+
 /// Writes six contiguous rows of eight elements at `source` (`col_stride` 1) as eight depth
-/// steps of six at `out`. Each step is stored as eight lanes, the last two overwritten by the
-/// next step: the two elements after the last step must be writable.
+/// steps of six at `out`, and [`STEP_OVERHANG`] zeros after them.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn pack_rows_6x8(source: RawMatrix, out: *mut f32) {
     // SAFETY: the caller's 6 × 8 block and output.
