@@ -957,7 +957,7 @@ pub fn token_logprobs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Matrix products on `gemm`, and buffers kept for backward
+// Matrix products (on `gemm`, or the AVX2 kernel), and buffers kept for backward
 
 mod gemm;
 #[cfg(target_arch = "x86_64")]

@@ -1,5 +1,6 @@
-//! Matrix products on the `gemm` crate (the kernels candle's own CPU matmul uses) over strided
-//! views of custom ops' slices, and the buffer an op keeps from forward for backward.
+//! Matrix products over strided views of custom ops' slices, on the `gemm` crate (the kernels
+//! candle's own CPU matmul uses) or, for f32 on AVX2 machines without AVX-512, on
+//! [`super::gemm_avx2`]; and the buffer an op keeps from forward for backward.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
