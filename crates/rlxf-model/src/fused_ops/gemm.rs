@@ -180,13 +180,11 @@ pub(super) unsafe fn gemm_raw<T: Real>(
 /// few-row products, which would fill a fraction of its six-row tiles.
 #[cfg(target_arch = "x86_64")]
 fn avx2_kernel_fits(rows: usize, cols: usize) -> bool {
-    use std::sync::OnceLock;
-    static AVX2_WITHOUT_AVX512: OnceLock<bool> = OnceLock::new();
+    // The feature checks are cached by std: an atomic load each.
     rows >= 24
         && cols >= 16
-        && *AVX2_WITHOUT_AVX512.get_or_init(|| {
-            super::gemm_avx2::available() && !std::arch::is_x86_feature_detected!("avx512f")
-        })
+        && super::gemm_avx2::available()
+        && !std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// A buffer a custom op's forward keeps for its backward, in the op instance itself: candle keeps
