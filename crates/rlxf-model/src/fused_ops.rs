@@ -965,6 +965,8 @@ mod gemm_avx2;
 use gemm::{gemm_into, gemm_into_with, gemm_raw, MatrixView, SavedForBackward};
 mod gemm_bf16;
 use gemm_bf16::{Operands, Rhs};
+#[cfg(test)]
+mod test_matrices;
 
 // ---------------------------------------------------------------------------------------------
 // LM head and target-token log-probabilities in one op

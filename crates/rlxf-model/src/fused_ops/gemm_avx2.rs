@@ -541,100 +541,71 @@ unsafe fn store(out: *mut f32, value: __m256, add: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fused_ops::test_matrices::{assert_close, matrix, product_in_f64, storages, views};
+    use crate::fused_ops::MatrixView;
 
-    /// Values in [-0.5, 0.5) from a fixed linear congruential sequence.
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
-    }
-
-    /// The layouts an operand comes in: row-major, transposed (columns contiguous), and a
-    /// column-strided view with neither stride 1 (every other column of a wider matrix).
-    #[derive(Clone, Copy, Debug)]
-    enum Layout {
-        RowMajor,
-        Transposed,
-        Strided,
-    }
-
-    /// A `[rows, cols]` operand in `layout` over fresh storage, and its element `(i, j)`.
-    fn operand(rows: usize, cols: usize, layout: Layout, seed: u64) -> (Vec<f32>, RawMatrix) {
-        let (len, row_stride, col_stride) = match layout {
-            Layout::RowMajor => (rows * cols, cols, 1),
-            Layout::Transposed => (rows * cols, 1, rows),
-            Layout::Strided => (rows * cols * 2, cols * 2, 2),
-        };
-        let data = values(len.max(1), seed);
-        let matrix = RawMatrix {
-            ptr: data.as_ptr(),
-            row_stride: row_stride as isize,
-            col_stride: col_stride as isize,
-        };
-        (data, matrix)
-    }
-
-    /// Checks `matmul` against a sum in f64 for one shape, layout pair, destination stride,
-    /// accumulation and thread count; the destination's columns past the block must survive.
-    fn check(
-        rows: usize,
-        cols: usize,
-        depth: usize,
-        a_layout: Layout,
-        b_layout: Layout,
-        accumulate: bool,
-        threads: usize,
-    ) {
-        let (_a_data, a) = operand(rows, depth, a_layout, 1);
-        let (_b_data, b) = operand(depth, cols, b_layout, 2);
+    /// Checks `matmul` against the product summed in f64, for one shape, every pair of operand
+    /// layouts, with and without accumulation, on `threads`: into a block of a wider destination,
+    /// whose columns past the block must survive.
+    fn check(rows: usize, cols: usize, depth: usize, threads: usize) {
+        let (a, b) = (matrix(rows * depth, 1), matrix(depth * cols, 2));
+        let product = product_in_f64(
+            MatrixView::row_major(&a, rows, depth),
+            MatrixView::row_major(&b, depth, cols),
+            f64::from,
+        );
+        let (a_stored, b_stored) = (storages(&a, rows, depth), storages(&b, depth, cols));
         let dst_row_stride = cols + 3;
-        let initial = values(rows * dst_row_stride, 3);
-        let mut dst = initial.clone();
-        // SAFETY: `available` holds (the caller checks), the views lie in their storage and
-        // `dst` holds `rows` rows of `dst_row_stride`.
-        unsafe {
-            matmul(
-                rows,
-                cols,
-                depth,
-                dst.as_mut_ptr(),
-                dst_row_stride,
-                a,
-                b,
-                accumulate,
-                threads,
-            )
-        };
-        for i in 0..rows {
-            for j in 0..dst_row_stride {
-                let got = dst[i * dst_row_stride + j];
-                let before = initial[i * dst_row_stride + j];
-                if j >= cols {
-                    assert_eq!(got, before, "({i}, {j}) lies outside the block");
-                    continue;
+        let initial = matrix(rows * dst_row_stride, 3);
+        for (a_view, a_layout) in views(&a_stored, rows, depth) {
+            for (b_view, b_layout) in views(&b_stored, depth, cols) {
+                for accumulate in [false, true] {
+                    let mut dst = initial.clone();
+                    // SAFETY: `available` holds (the callers check), the views lie in their
+                    // storage and `dst` holds `rows` rows of `dst_row_stride`.
+                    unsafe {
+                        matmul(
+                            rows,
+                            cols,
+                            depth,
+                            dst.as_mut_ptr(),
+                            dst_row_stride,
+                            RawMatrix::of(a_view),
+                            RawMatrix::of(b_view),
+                            accumulate,
+                            threads,
+                        )
+                    };
+                    let what = format!(
+                        "[{rows}, {depth}] · [{depth}, {cols}], {a_layout} a, {b_layout} b, \
+                         accumulate {accumulate}, {threads} threads"
+                    );
+                    for (i, (got, before)) in dst
+                        .chunks(dst_row_stride)
+                        .zip(initial.chunks(dst_row_stride))
+                        .enumerate()
+                    {
+                        assert_eq!(
+                            got[cols..],
+                            before[cols..],
+                            "{what}: row {i} past the block"
+                        );
+                        let want: Vec<f64> = product[i * cols..(i + 1) * cols]
+                            .iter()
+                            .zip(&before[..cols])
+                            .map(|(&p, &b)| p + if accumulate { f64::from(b) } else { 0.0 })
+                            .collect();
+                        assert_close(
+                            &got[..cols],
+                            &want,
+                            depth.max(1),
+                            &format!("{what}, row {i}"),
+                        );
+                    }
                 }
-                // SAFETY: `(i, p)` and `(p, j)` lie inside the operands.
-                let product: f64 = (0..depth)
-                    .map(|p| unsafe { f64::from(a.at(i, p)) * f64::from(b.at(p, j)) })
-                    .sum();
-                let want = product + if accumulate { f64::from(before) } else { 0.0 };
-                let tolerance = 1e-6 * (depth as f64 + 1.0);
-                assert!(
-                    (f64::from(got) - want).abs() <= tolerance,
-                    "[{rows}, {depth}] · [{depth}, {cols}], {a_layout:?} · {b_layout:?}, \
-                     accumulate {accumulate}, {threads} threads: ({i}, {j}) = {got}, want {want}"
-                );
             }
         }
     }
-
-    const LAYOUTS: [Layout; 3] = [Layout::RowMajor, Layout::Transposed, Layout::Strided];
 
     #[test]
     fn matches_a_sum_in_f64_for_every_layout_and_partial_tile() {
@@ -642,24 +613,17 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX2 or FMA");
             return;
         }
-        for a_layout in LAYOUTS {
-            for b_layout in LAYOUTS {
-                // Rows around the six-row tile, columns around the 16-column tile and the
-                // eight-wide transposes, depths around the eight-step packing and the depth
-                // block.
-                for (rows, cols, depth) in [
-                    (1, 1, 1),
-                    (5, 15, 7),
-                    (6, 16, 8),
-                    (7, 17, 9),
-                    (13, 40, 31),
-                    (12, 32, DEPTH_BLOCK + 3),
-                ] {
-                    for accumulate in [false, true] {
-                        check(rows, cols, depth, a_layout, b_layout, accumulate, 1);
-                    }
-                }
-            }
+        // Rows around the six-row tile, columns around the 16-column tile and the eight-wide
+        // transposes, depths around the eight-step packing and the depth block.
+        for (rows, cols, depth) in [
+            (1, 1, 1),
+            (5, 15, 7),
+            (6, 16, 8),
+            (7, 17, 9),
+            (13, 40, 31),
+            (12, 32, DEPTH_BLOCK + 3),
+        ] {
+            check(rows, cols, depth, 1);
         }
     }
 
@@ -671,27 +635,11 @@ mod tests {
         }
         // More rows than a row block, more columns than a column block, and products above the
         // threading threshold split by rows and by columns, over two and three threads.
-        check(
-            ROW_BLOCK + 7,
-            20,
-            9,
-            Layout::RowMajor,
-            Layout::Transposed,
-            false,
-            1,
-        );
-        check(
-            3,
-            COL_BLOCK + 21,
-            5,
-            Layout::Transposed,
-            Layout::RowMajor,
-            true,
-            2,
-        );
-        check(130, 100, 90, Layout::RowMajor, Layout::Transposed, false, 2);
-        check(100, 130, 90, Layout::Transposed, Layout::RowMajor, true, 3);
-        check(250, 40, 120, Layout::RowMajor, Layout::RowMajor, false, 2);
+        check(ROW_BLOCK + 7, 20, 9, 1);
+        check(3, COL_BLOCK + 21, 5, 2);
+        check(130, 100, 90, 2);
+        check(100, 130, 90, 3);
+        check(250, 40, 120, 2);
     }
 
     #[test]
@@ -700,7 +648,6 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX2 or FMA");
             return;
         }
-        check(7, 18, 0, Layout::RowMajor, Layout::RowMajor, false, 1);
-        check(7, 18, 0, Layout::RowMajor, Layout::RowMajor, true, 1);
+        check(7, 18, 0, 1);
     }
 }
