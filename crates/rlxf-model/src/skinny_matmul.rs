@@ -331,32 +331,46 @@ unsafe fn dot_tile_avx2_fma<const R: usize, const J: usize>(
         _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps, _mm_prefetch, _MM_HINT_T1,
     };
     const LANES: usize = 8;
+    const STEP: usize = 2 * LANES;
     let depth = x[0].len();
+    assert!(
+        x.iter().all(|row| row.len() == depth) && w.iter().all(|row| row.len() == depth),
+        "dot_tile: rows of unequal length"
+    );
     let vectorised = depth - depth % LANES;
     let ahead = PREFETCH_ROWS * depth;
+    // Raw pointers, lengths checked once above: indexing the slices in the loop put a compare
+    // and branch beside every load and spilled three row pointers to the stack. A 4 × 3 tile on
+    // one Zen 3 core, best of five: 65 → 73 GFLOP/s at depth 256, 81 → 89 at 768 (in L1), 37 →
+    // 51 at 3072 (from L2). Decoding, bound by streaming the weights, moved within noise.
+    let x_rows: [*const f32; R] = std::array::from_fn(|r| x[r].as_ptr());
+    let w_rows: [*const f32; J] = std::array::from_fn(|j| w[j].as_ptr());
     let mut sums = [[_mm256_setzero_ps(); J]; R];
-    for p in (0..vectorised).step_by(LANES) {
-        // Once per 64-byte line: a prefetch costs a load slot, and with weights already cached
-        // twice as many slowed the multiply-adds down.
-        if p % (2 * LANES) == 0 {
-            for row in w {
-                // A hint, which never faults: the address may lie past the weights' end, so it
-                // is computed without claiming to stay inside them.
-                _mm_prefetch::<_MM_HINT_T1>(row.as_ptr().wrapping_add(ahead + p).cast());
-            }
+    let mut p = 0;
+    while p < vectorised {
+        // Two vectors a step where there are two left: one 64-byte line of each weight row,
+        // which gets one prefetch.
+        let step = if p + STEP <= vectorised { STEP } else { LANES };
+        for row in w_rows {
+            // A hint, which never faults: the address may lie past the weights' end, so it is
+            // computed without claiming to stay inside them.
+            _mm_prefetch::<_MM_HINT_T1>(row.wrapping_add(ahead + p).cast());
         }
-        let mut w_vectors = [_mm256_setzero_ps(); J];
-        for j in 0..J {
-            // SAFETY: the slice holds the `LANES` floats read.
-            w_vectors[j] = unsafe { _mm256_loadu_ps(w[j][p..p + LANES].as_ptr()) };
-        }
-        for r in 0..R {
-            // SAFETY: as above.
-            let x_vector = unsafe { _mm256_loadu_ps(x[r][p..p + LANES].as_ptr()) };
+        for at in (p..p + step).step_by(LANES) {
+            let mut w_vectors = [_mm256_setzero_ps(); J];
             for j in 0..J {
-                sums[r][j] = _mm256_fmadd_ps(x_vector, w_vectors[j], sums[r][j]);
+                // SAFETY: `at + LANES <= vectorised <= depth`, the length of every row.
+                w_vectors[j] = unsafe { _mm256_loadu_ps(w_rows[j].add(at)) };
+            }
+            for r in 0..R {
+                // SAFETY: as above.
+                let x_vector = unsafe { _mm256_loadu_ps(x_rows[r].add(at)) };
+                for j in 0..J {
+                    sums[r][j] = _mm256_fmadd_ps(x_vector, w_vectors[j], sums[r][j]);
+                }
             }
         }
+        p += step;
     }
     // Plain loops, not `array::from_fn` closures: a closure has no `target_feature`, so where it
     // was not inlined it called `horizontal_sum` twelve times per tile, and where it borrowed
