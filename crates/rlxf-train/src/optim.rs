@@ -138,6 +138,20 @@ struct UpdateScalars<T> {
 }
 
 impl UpdateScalars<f64> {
+    /// The scalars of a parameter's update number `t` (counted from 1).
+    fn new(config: &AdamWConfig, lr: f64, weight_decay: f64, t: i32, grad_scale: f64) -> Self {
+        Self {
+            decay_factor: 1.0 - lr * weight_decay,
+            lerp_weight: 1.0 - config.beta1,
+            beta2: config.beta2,
+            one_minus_beta2: 1.0 - config.beta2,
+            step_size: lr / (1.0 - config.beta1.powi(t)),
+            bias_correction2_sqrt: (1.0 - config.beta2.powi(t)).sqrt(),
+            eps: config.eps,
+            grad_scale,
+        }
+    }
+
     fn cast<T: WithDType>(self) -> UpdateScalars<T> {
         UpdateScalars {
             decay_factor: T::from_f64(self.decay_factor),
@@ -178,12 +192,13 @@ fn update<T: WithDType + Float>(
         .for_each(|(((param, grad), m), v)| update_chunk(param, grad, m, v, s));
 }
 
-/// torch's single-tensor AdamW, one element at a time and in the parameter's type: `mul_`,
-/// `lerp_`, `mul_().addcmul_()`, `sqrt() / c + eps` and `addcdiv_`, each rounded where torch
-/// rounds it. An f32 parameter's update used to run in f64: about 8% of a GPT-Neo-125M training
-/// step in a profile (2-core Zen 3), since f64 square roots and divisions run at half the width
-/// of f32 ones and the conversions cost as much again. In f32 a step over its 123.5M parameters
-/// took 88-155 ms against 222-237 (best of 8, 2 threads), close to the memory traffic's floor.
+/// torch's single-tensor AdamW, one element at a time and in the parameter's type, in the order
+/// of torch's ops: `mul_`, `lerp_`, `mul_().addcmul_()`, `sqrt() / c + eps` and `addcdiv_`.
+///
+/// An f32 parameter's update used to run in f64: about 8% of a GPT-Neo-125M training step in a
+/// profile (2-core Zen 3), since f64 square roots and divisions run at half the width of f32 ones
+/// and the conversions cost as much again. In f32 a step over its 123.5M parameters took 88-155 ms
+/// against 222-237 (best of 8, 2 threads), close to the floor its memory traffic sets.
 fn update_chunk<T: WithDType + Float>(
     param: &mut [T],
     grad: &[T],
@@ -312,16 +327,7 @@ impl AdamW {
             } else {
                 0.0
             };
-            let scalars = UpdateScalars {
-                decay_factor: 1.0 - lr * weight_decay,
-                lerp_weight: 1.0 - config.beta1,
-                beta2: config.beta2,
-                one_minus_beta2: 1.0 - config.beta2,
-                step_size: lr / (1.0 - config.beta1.powi(t)),
-                bias_correction2_sqrt: (1.0 - config.beta2.powi(t)).sqrt(),
-                eps: config.eps,
-                grad_scale,
-            };
+            let scalars = UpdateScalars::new(&config, lr, weight_decay, t, grad_scale);
             let grad = grad.to_dtype(state.param.var.dtype())?.contiguous()?;
             let kernel = AdamWKernel {
                 scalars,
@@ -450,16 +456,13 @@ mod tests {
                     param[i] * (1.0 - lr * weight_decay) - lr * m_hat / (v_hat.sqrt() + eps)
                 })
                 .collect();
-            let scalars = UpdateScalars {
-                decay_factor: 1.0 - lr * weight_decay,
-                lerp_weight: 1.0 - beta1,
+            let config = AdamWConfig {
+                beta1,
                 beta2,
-                one_minus_beta2: 1.0 - beta2,
-                step_size: lr / (1.0 - f64::powi(beta1, t)),
-                bias_correction2_sqrt: (1.0 - f64::powi(beta2, t)).sqrt(),
                 eps,
-                grad_scale,
+                weight_decay,
             };
+            let scalars = UpdateScalars::new(&config, lr, weight_decay, t, grad_scale);
             update_chunk(&mut param, &grad, &mut m, &mut v, scalars);
             for (got, want) in param.iter().zip(&expected) {
                 assert!((got - want).abs() < 1e-12, "β1 {beta1}: {got} vs {want}");
