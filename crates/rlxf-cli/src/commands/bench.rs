@@ -66,6 +66,13 @@ pub struct BenchArgs {
     #[arg(long)]
     no_reference: bool,
 
+    /// Repeat the whole comparison (rlxf's workloads, then the reference) this many times, print
+    /// each round's table, and then every workload's median over the rounds. On a shared or
+    /// virtual machine one round's speeds can move by tens of percent; the median of the
+    /// per-round ratios is the figure to quote.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+
     /// Also write every result as JSON lines to this file.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -188,6 +195,46 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        if args.rounds > 1 {
+            println!("round {round} of {}", args.rounds);
+        }
+        let results = run_round(&args, &ctx)?;
+        print_table(&pair_by_label(&results.ours, &results.reference));
+        rounds.push(results);
+    }
+    if args.rounds > 1 {
+        println!("median of {} rounds", args.rounds);
+        print_medians(&rounds);
+    }
+    if let Some(out) = &args.out {
+        let mut lines = String::new();
+        for (round, results) in (1..).zip(&rounds) {
+            for (engine, results) in [("rlxf", &results.ours), ("pytorch", &results.reference)] {
+                for result in results {
+                    let mut value = serde_json::to_value(result)?;
+                    value["engine"] = engine.into();
+                    value["size"] = args.size.name().into();
+                    value["threads"] = ctx.threads.into();
+                    value["round"] = round.into();
+                    lines.push_str(&serde_json::to_string(&value)?);
+                    lines.push('\n');
+                }
+            }
+        }
+        std::fs::write(out, lines).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+/// One round's measurements: every rlxf workload in its own child process, then the reference.
+struct Round {
+    ours: Vec<BenchResult>,
+    reference: Vec<BenchResult>,
+}
+
+fn run_round(args: &BenchArgs, ctx: &Ctx) -> anyhow::Result<Round> {
     let mut ours = Vec::new();
     for (workload, batch, seq, precision) in workloads(args.only, &args.precisions) {
         if !ctx.quiet {
@@ -197,7 +244,7 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
             );
         }
         ours.push(run_child(
-            &args,
+            args,
             ctx.threads,
             workload,
             batch,
@@ -211,24 +258,9 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
         if !ctx.quiet {
             eprintln!("reference: {} ...", args.reference.display());
         }
-        run_reference(&args, ctx.threads)?
+        run_reference(args, ctx.threads)?
     };
-    print_table(&ours, &reference);
-    if let Some(out) = &args.out {
-        let mut lines = String::new();
-        for (engine, results) in [("rlxf", &ours), ("pytorch", &reference)] {
-            for result in results {
-                let mut value = serde_json::to_value(result)?;
-                value["engine"] = engine.into();
-                value["size"] = args.size.name().into();
-                value["threads"] = ctx.threads.into();
-                lines.push_str(&serde_json::to_string(&value)?);
-                lines.push('\n');
-            }
-        }
-        std::fs::write(out, lines).with_context(|| format!("writing {}", out.display()))?;
-    }
-    Ok(())
+    Ok(Round { ours, reference })
 }
 
 /// Training-like steps at 4x128 and 4x256 tokens (the raw step in each of `precisions`, SFT,
@@ -366,13 +398,13 @@ fn precision_list(precisions: &[Precision]) -> String {
         .join(",")
 }
 
-fn print_table(ours: &[BenchResult], reference: &[BenchResult]) {
-    println!(
-        "{:<24} {:>14} {:>14} {:>8} {:>12} {:>12}",
-        "workload", "rlxf tok/s", "torch tok/s", "ratio", "rlxf RSS MB", "torch RSS MB"
-    );
-    let mut rows: Vec<(String, Option<&BenchResult>, Option<&BenchResult>)> =
-        ours.iter().map(|r| (r.label(), Some(r), None)).collect();
+/// A workload's label with rlxf's and the reference's result for it, where there is one.
+type Row<'a> = (String, Option<&'a BenchResult>, Option<&'a BenchResult>);
+
+/// rlxf's results in their order, each beside the reference result with the same label; the
+/// reference's other results after them.
+fn pair_by_label<'a>(ours: &'a [BenchResult], reference: &'a [BenchResult]) -> Vec<Row<'a>> {
+    let mut rows: Vec<Row> = ours.iter().map(|r| (r.label(), Some(r), None)).collect();
     for theirs in reference {
         match rows
             .iter_mut()
@@ -382,20 +414,100 @@ fn print_table(ours: &[BenchResult], reference: &[BenchResult]) {
             None => rows.push((theirs.label(), None, Some(theirs))),
         }
     }
-    let cell = |value: Option<f64>, precision: usize| {
-        value.map_or_else(|| "-".to_string(), |v| format!("{v:.precision$}"))
-    };
+    rows
+}
+
+fn ratio(mine: Option<&BenchResult>, theirs: Option<&BenchResult>) -> Option<f64> {
+    mine.zip(theirs)
+        .map(|(m, t)| m.tokens_per_s / t.tokens_per_s)
+}
+
+fn cell(value: Option<f64>, precision: usize) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.precision$}"))
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "{:<24} {:>14} {:>14} {:>8} {:>12} {:>12}",
+        "workload", "rlxf tok/s", "torch tok/s", "ratio", "rlxf RSS MB", "torch RSS MB"
+    );
     for (label, mine, theirs) in rows {
-        let ratio = mine
-            .zip(theirs)
-            .map(|(m, t)| m.tokens_per_s / t.tokens_per_s);
         println!(
             "{label:<24} {:>14} {:>14} {:>8} {:>12} {:>12}",
             cell(mine.map(|r| r.tokens_per_s), 1),
             cell(theirs.map(|r| r.tokens_per_s), 1),
-            cell(ratio, 2),
+            cell(ratio(*mine, *theirs), 2),
             cell(mine.map(|r| r.peak_rss_mb), 0),
             cell(theirs.map(|r| r.peak_rss_mb), 0),
+        );
+    }
+}
+
+/// One workload over all rounds: the medians of rlxf's speed, the reference's speed and the
+/// per-round ratios (the ratio of medians would pair one round's rlxf with another's PyTorch).
+#[derive(Debug, PartialEq)]
+struct MedianRow {
+    label: String,
+    ours: Option<f64>,
+    theirs: Option<f64>,
+    ratio: Option<f64>,
+    /// Every round's ratio, in round order.
+    ratios: Vec<f64>,
+}
+
+fn median_rows(rounds: &[Round]) -> Vec<MedianRow> {
+    let paired: Vec<Vec<Row>> = rounds
+        .iter()
+        .map(|round| pair_by_label(&round.ours, &round.reference))
+        .collect();
+    let Some(first) = paired.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|(label, _, _)| {
+            let rows: Vec<&Row> = paired
+                .iter()
+                .filter_map(|rows| rows.iter().find(|row| row.0 == *label))
+                .collect();
+            let ratios: Vec<f64> = rows.iter().filter_map(|row| ratio(row.1, row.2)).collect();
+            MedianRow {
+                label: label.clone(),
+                ours: median(rows.iter().filter_map(|row| row.1.map(|r| r.tokens_per_s))),
+                theirs: median(rows.iter().filter_map(|row| row.2.map(|r| r.tokens_per_s))),
+                ratio: median(ratios.iter().copied()),
+                ratios,
+            }
+        })
+        .collect()
+}
+
+/// The middle value (the mean of the two middle ones for an even count); `None` for none.
+fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    match values.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(values[middle]),
+        _ => Some((values[middle - 1] + values[middle]) / 2.0),
+    }
+}
+
+fn print_medians(rounds: &[Round]) {
+    println!(
+        "{:<24} {:>14} {:>14} {:>8}  ratio per round",
+        "workload", "rlxf tok/s", "torch tok/s", "ratio"
+    );
+    for row in median_rows(rounds) {
+        let per_round: Vec<String> = row.ratios.iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "{:<24} {:>14} {:>14} {:>8}  {}",
+            row.label,
+            cell(row.ours, 1),
+            cell(row.theirs, 1),
+            cell(row.ratio, 2),
+            per_round.join(" ")
         );
     }
 }
@@ -697,4 +809,66 @@ fn peak_rss_mb() -> anyhow::Result<f64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no VmHWM line in /proc/self/status")?;
     Ok(kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(workload: WorkloadKind, tokens_per_s: f64) -> BenchResult {
+        BenchResult {
+            workload,
+            batch: 4,
+            seq: Some(128),
+            precision: Some("f32".into()),
+            tokens_per_s,
+            seconds_per_step: None,
+            peak_rss_mb: 1000.0,
+        }
+    }
+
+    #[test]
+    fn medians_are_taken_per_workload_and_the_ratio_per_round() {
+        let round = |ours: f64, theirs: f64| Round {
+            ours: vec![
+                result(WorkloadKind::Sft, ours),
+                result(WorkloadKind::Dpo, 2.0 * ours),
+            ],
+            // The reference lists its results in another order and has no DPO.
+            reference: vec![
+                result(WorkloadKind::Train, 7.0),
+                result(WorkloadKind::Sft, theirs),
+            ],
+        };
+        let rounds = [round(100.0, 50.0), round(120.0, 100.0), round(90.0, 60.0)];
+        let rows = median_rows(&rounds);
+        let labels: Vec<&str> = rows.iter().map(|row| row.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            ["sft 4x128 f32", "dpo 4x128 f32", "train 4x128 f32"]
+        );
+        // Ratios 2.0, 1.2 and 1.5: their median, not 100 / 60 (the ratio of the medians).
+        assert_eq!(
+            rows[0],
+            MedianRow {
+                label: "sft 4x128 f32".into(),
+                ours: Some(100.0),
+                theirs: Some(60.0),
+                ratio: Some(1.5),
+                ratios: vec![2.0, 1.2, 1.5],
+            }
+        );
+        assert_eq!(
+            (rows[1].ours, rows[1].theirs, rows[1].ratio),
+            (Some(200.0), None, None)
+        );
+        assert_eq!((rows[2].ours, rows[2].theirs), (None, Some(7.0)));
+    }
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
+        assert_eq!(median([3.0].into_iter()), Some(3.0));
+        assert_eq!(median(std::iter::empty()), None);
+    }
 }
