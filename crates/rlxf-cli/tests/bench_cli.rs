@@ -1,11 +1,34 @@
 //! `rlxf bench --precisions`: the `train` workload runs in each precision asked for, labelled as
 //! the PyTorch reference labels its autocast runs, and an unknown precision is a usage error.
-//! `rlxf bench --rounds`: the comparison repeats and ends with each workload's medians.
+//! `rlxf bench --rounds`: the comparison repeats and ends with each workload's medians, and a
+//! failing round keeps the rounds before it in `--out`.
 
+use std::path::Path;
 use std::process::Command;
 
 fn rlxf() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rlxf"))
+}
+
+/// Two rounds of the tiny generation workloads against `reference`, a shell script standing in
+/// for the PyTorch script (run by `sh`), recorded to `out`.
+fn two_generation_rounds(reference: &Path, out: &Path) -> Command {
+    let mut command = rlxf();
+    command
+        .args(["--quiet", "bench", "--size", "tiny", "--only", "generate"])
+        .args([
+            "--steps",
+            "1",
+            "--rounds",
+            "2",
+            "--python",
+            "sh",
+            "--reference",
+        ])
+        .arg(reference)
+        .arg("--out")
+        .arg(out);
+    command
 }
 
 /// Runs `command`, failing the test with its stderr if it fails; returns its stdout.
@@ -80,22 +103,7 @@ done
 "#,
     )
     .unwrap();
-    let stdout = stdout_of(
-        rlxf()
-            .args(["--quiet", "bench", "--size", "tiny", "--only", "generate"])
-            .args([
-                "--steps",
-                "1",
-                "--rounds",
-                "2",
-                "--python",
-                "sh",
-                "--reference",
-            ])
-            .arg(&reference)
-            .arg("--out")
-            .arg(&out),
-    );
+    let stdout = stdout_of(&mut two_generation_rounds(&reference, &out));
     for line in ["round 1 of 2", "round 2 of 2", "median of 2 rounds"] {
         assert!(stdout.contains(line), "{line}: {stdout}");
     }
@@ -140,4 +148,42 @@ fn zero_rounds_is_a_usage_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--rounds"), "{stderr}");
+}
+
+#[test]
+fn a_failing_round_keeps_the_rounds_before_it() {
+    let temp = tempfile::tempdir().unwrap();
+    let out = temp.path().join("bench.jsonl");
+    // Succeeds once, then fails: the second round's reference breaks.
+    let reference = temp.path().join("reference.sh");
+    let marker = temp.path().join("ran-once");
+    std::fs::write(
+        &reference,
+        format!(
+            r#"[ -e "{marker}" ] && {{ echo "reference broke" >&2; exit 1; }}
+touch "{marker}"
+echo '{{"workload": "generate", "batch": 1, "tokens_per_s": 1000.0, "peak_rss_mb": 1.0}}'
+"#,
+            marker = marker.display()
+        ),
+    )
+    .unwrap();
+    let output = two_generation_rounds(&reference, &out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("reference broke"), "{stderr}");
+    let rounds: Vec<u64> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["round"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        rounds,
+        [1, 1, 1],
+        "round 1: two rlxf results and one reference result"
+    );
 }

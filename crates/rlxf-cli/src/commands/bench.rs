@@ -4,7 +4,7 @@
 //! Every workload runs in a child process of its own (this binary, with `--workload`), so each peak
 //! RSS belongs to one workload only, as in the reference script.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -17,6 +17,7 @@ use rlxf_model::{
     generate, token_logprobs_from_hidden, CausalLm, GenerationConfig, GptNeoConfig, LoadedModel,
     ModelConfig, Tokenizer,
 };
+use rlxf_train::checkpoint::write_atomic;
 use rlxf_train::dpo::{reference_logprobs, DpoObjective};
 use rlxf_train::losses::DpoLossConfig;
 use rlxf_train::optim::{named_params, AdamW, AdamWConfig};
@@ -203,29 +204,35 @@ pub fn run(args: BenchArgs, ctx: Ctx) -> anyhow::Result<()> {
         let results = run_round(&args, &ctx)?;
         print_table(&pair_by_label(&results.ours, &results.reference));
         rounds.push(results);
+        // After every round, so a failure in a later one keeps the rounds already measured.
+        if let Some(out) = &args.out {
+            write_results(out, &rounds, &args, &ctx)?;
+        }
     }
     if args.rounds > 1 {
         println!("median of {} rounds", args.rounds);
         print_medians(&rounds);
     }
-    if let Some(out) = &args.out {
-        let mut lines = String::new();
-        for (round, results) in (1..).zip(&rounds) {
-            for (engine, results) in [("rlxf", &results.ours), ("pytorch", &results.reference)] {
-                for result in results {
-                    let mut value = serde_json::to_value(result)?;
-                    value["engine"] = engine.into();
-                    value["size"] = args.size.name().into();
-                    value["threads"] = ctx.threads.into();
-                    value["round"] = round.into();
-                    lines.push_str(&serde_json::to_string(&value)?);
-                    lines.push('\n');
-                }
+    Ok(())
+}
+
+/// Every result of `rounds` as a JSON line, with its engine, model size, thread count and round.
+fn write_results(out: &Path, rounds: &[Round], args: &BenchArgs, ctx: &Ctx) -> anyhow::Result<()> {
+    let mut lines = String::new();
+    for (round, results) in (1..).zip(rounds) {
+        for (engine, results) in [("rlxf", &results.ours), ("pytorch", &results.reference)] {
+            for result in results {
+                let mut value = serde_json::to_value(result)?;
+                value["engine"] = engine.into();
+                value["size"] = args.size.name().into();
+                value["threads"] = ctx.threads.into();
+                value["round"] = round.into();
+                lines.push_str(&serde_json::to_string(&value)?);
+                lines.push('\n');
             }
         }
-        std::fs::write(out, lines).with_context(|| format!("writing {}", out.display()))?;
     }
-    Ok(())
+    write_atomic(out, lines.as_bytes()).with_context(|| format!("writing {}", out.display()))
 }
 
 /// One round's measurements: every rlxf workload in its own child process, then the reference.
