@@ -53,6 +53,7 @@
 //! its human turns; the rules and the matching rule are in `contexts.toml` at the crate root (the
 //! default, compiled in), and a user may supply their own file.
 
+pub mod atomic_file;
 pub mod context;
 pub mod embedded;
 pub mod error;

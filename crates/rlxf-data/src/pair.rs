@@ -47,21 +47,10 @@ pub fn write_jsonl<T: Serialize>(path: &Path, records: &[T]) -> Result<()> {
 }
 
 /// Writes a file through a temporary file in the same folder and a rename, so readers never see a
-/// partial file and a failure leaves the old file (or nothing) in place.
+/// partial file and a failure leaves the old file (or nothing) in place; see [`crate::atomic_file`].
 pub fn write_atomic(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let io_err = |source| DataError::io(path, source);
-    let temp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
-    let mut out = std::io::BufWriter::new(temp);
-    fill(&mut out).map_err(io_err)?;
-    let temp = out.into_inner().map_err(|e| io_err(e.into_error()))?;
-    temp.as_file().sync_all().map_err(io_err)?;
-    temp.persist(path).map_err(|e| io_err(e.error))?;
-    Ok(())
+    crate::atomic_file::write_with(path, fill).map_err(|source| DataError::io(path, source))
 }

@@ -9,7 +9,7 @@
 //! sibling, then renamed).
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -378,11 +378,8 @@ fn extract_member(archive: &Path, member: &str, target: &Path) -> Result<()> {
     let mut entry = zip
         .by_name(member)
         .map_err(|err| unreadable(format!("{member}: {err}")))?;
-    let dir = target.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(|source| io_error(dir, source))?;
-    std::io::copy(&mut entry, &mut temp).map_err(|source| io_error(target, source))?;
-    temp.flush().map_err(|source| io_error(target, source))?;
-    weights::persist(temp, target)
+    rlxf_data::atomic_file::write_with(target, |out| std::io::copy(&mut entry, out).map(drop))
+        .map_err(|source| io_error(target, source))
 }
 
 fn write_manifest(model_dir: &Path, name: &str, source: &str) -> Result<()> {
@@ -461,6 +458,8 @@ fn io_error(path: &Path, source: std::io::Error) -> ModelError {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
 
     #[test]

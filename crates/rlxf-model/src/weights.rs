@@ -7,7 +7,6 @@
 //! checked against exactly what the model will read.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +15,8 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+use rlxf_data::atomic_file;
 
 use crate::error::{ModelError, Result};
 
@@ -216,52 +217,31 @@ pub fn varmap_tensors(varmap: &VarMap) -> HashMap<String, Tensor> {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so readers
-/// never see a half-written file.
+/// never see a half-written file (see [`rlxf_data::atomic_file`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io_error = |source| ModelError::Io {
+    atomic_file::write(path, bytes).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_error)?;
-    temp.write_all(bytes).map_err(io_error)?;
-    temp.as_file().sync_all().map_err(io_error)?;
-    persist(temp, path)
-}
-
-/// Renames a finished temporary file into place with ordinary file permissions (temporary files
-/// are created owner-only).
-pub(crate) fn persist(temp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
-    let io_error = |source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let permissions = std::fs::Permissions::from_mode(0o644);
-        // By path, not through the open handle: a writer that replaced the file at the temporary
-        // path (candle's safetensors::save does) left the handle on the old inode.
-        std::fs::set_permissions(temp.path(), permissions).map_err(io_error)?;
-    }
-    temp.persist(path).map_err(|err| io_error(err.error))?;
-    Ok(())
+    })
 }
 
 /// Saves tensors as a safetensors file, atomically.
 pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
     let io_error = |source| ModelError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let temp = tempfile::NamedTempFile::new_in(dir).map_err(io_error)?;
+    let temp = atomic_file::temp_file_for(path).map_err(io_error)?;
+    let permissions = temp.as_file().metadata().map_err(io_error)?.permissions();
     let contiguous: HashMap<&str, Tensor> = tensors
         .iter()
         .map(|(name, tensor)| Ok((name.as_str(), tensor.contiguous()?)))
         .collect::<Result<_>>()?;
+    // safetensors writes a temporary file of its own (owner-only) and renames it over the path it
+    // is given: ours. So the permissions are set again by path before our rename.
     candle_core::safetensors::save(&contiguous, temp.path())?;
-    persist(temp, path)
+    std::fs::set_permissions(temp.path(), permissions).map_err(io_error)?;
+    atomic_file::persist(temp, path).map_err(io_error)
 }
 
 /// HF's name for a dtype in `config.json`.

@@ -190,17 +190,8 @@ pub fn restore_params(weights_path: &Path, params: &[NamedParam], device: &Devic
     Ok(())
 }
 
-/// Writes a file through a temporary file in the same directory and a rename.
+/// Writes a file through a temporary file in the same directory and a rename (see
+/// [`rlxf_data::atomic_file`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let io_err = |err| TrainError::io(path, err);
-    let mut temp = tempfile::NamedTempFile::new_in(dir).map_err(io_err)?;
-    temp.write_all(bytes).map_err(io_err)?;
-    temp.as_file().sync_all().map_err(io_err)?;
-    temp.persist(path).map_err(|err| io_err(err.error))?;
-    Ok(())
+    rlxf_data::atomic_file::write(path, bytes).map_err(|err| TrainError::io(path, err))
 }

@@ -365,9 +365,9 @@ impl AdamW {
         Ok(tensors)
     }
 
-    /// Writes [`Self::state_tensors`] to a safetensors file.
+    /// Writes [`Self::state_tensors`] to a safetensors file, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
-        candle_core::safetensors::save(&self.state_tensors()?, path)?;
+        rlxf_model::weights::save_safetensors(path, &self.state_tensors()?)?;
         Ok(())
     }
 

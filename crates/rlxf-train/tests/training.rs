@@ -168,6 +168,72 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     assert_eq!(kept, vec![6, 8, 9]);
 }
 
+/// Every file of a run (config, metrics, the checkpoint's weights, optimizer state and trainer
+/// state, the final model) gets the permissions of a newly created file, not the owner-only ones of
+/// the temporary files it is written through: others who may read the run folder can read them.
+#[cfg(unix)]
+#[test]
+fn run_files_get_the_permissions_of_newly_created_files() {
+    use std::os::unix::fs::PermissionsExt;
+    fn files_under(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files_under(&path, found);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let config = LoopConfig {
+        epochs: 1,
+        ..loop_config()
+    };
+    train(
+        &mut sft_objective(),
+        &config,
+        1.0,
+        &run_dir,
+        "seed = 5\n",
+        &RunOptions::default(),
+        &mut Silent,
+    )
+    .unwrap();
+    let created = dir.path().join("created");
+    std::fs::File::create(&created).unwrap();
+    let expected = mode(&created);
+
+    let mut files = Vec::new();
+    files_under(&run_dir, &mut files);
+    let names: Vec<String> = files
+        .iter()
+        .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for name in [
+        "config.toml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "optimizer.safetensors",
+        "trainer_state.json",
+    ] {
+        assert!(
+            names.iter().any(|n| n == name),
+            "{name} not among {names:?}"
+        );
+    }
+    for path in &files {
+        assert_eq!(
+            format!("{:o}", mode(path)),
+            format!("{expected:o}"),
+            "{}",
+            path.display()
+        );
+    }
+}
+
 /// Wraps an objective and poisons its loss from the `poison_from`-th micro-batch on.
 struct Poisoned {
     inner: SftObjective,
