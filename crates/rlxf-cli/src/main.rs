@@ -37,6 +37,8 @@ struct Cli {
     command: Command,
 }
 
+// Variant docs are `--help` text, written for the terminal: `runs/<name>/` is not an HTML tag.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a whole study from one TOML config: data, SFT, reward model, DPO, generation,

@@ -22,6 +22,8 @@ pub enum DataCommand {
 }
 
 /// Where the pairs come from and how to read them.
+// Field docs are `--help` text, written for the terminal: brackets there are not rustdoc links.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Args)]
 pub struct SourceArgs {
     /// A file or folder (.jsonl, .jsonl.gz, .parquet), hf://datasets/OWNER/NAME[@REVISION][/FILTER]

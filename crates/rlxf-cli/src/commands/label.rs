@@ -25,6 +25,8 @@ enum OwnSide {
     Rejected,
 }
 
+// Field docs are `--help` text, written for the terminal: brackets there are not rustdoc links.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Args)]
 pub struct LabelArgs {
     /// Labeler config (TOML): [backend] kind = "local" (model = DIR) or kind = "openai" (base_url,

@@ -416,10 +416,10 @@ fn output_shape(x: &Layout, width: usize) -> Shape {
 }
 
 /// `x · W + b` over the last dimension of `x`, for a weight stored as `layout` says; differentiable
-/// in all three. Products of at most [`skinny_matmul::MAX_ROWS`] rows (generation steps) go
-/// through [`skinny_matmul`]; bf16 products (a mixed-precision forward) through
-/// [`gemm_bf16`], bf16 operands with f32 sums as PyTorch autocast's; other devices and dtypes
-/// through candle's matmul.
+/// in all three. Products of at most `skinny_matmul::MAX_ROWS` rows (generation steps) go
+/// through the crate's skinny-product kernel; bf16 products (a mixed-precision forward) through
+/// its bf16 kernel (`gemm_bf16`), bf16 operands with f32 sums as PyTorch autocast's; other devices
+/// and dtypes through candle's matmul.
 pub fn linear(
     x: &Tensor,
     weight: &Tensor,
