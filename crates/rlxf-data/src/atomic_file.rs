@@ -34,13 +34,20 @@ pub fn temp_file_for(path: &Path) -> std::io::Result<NamedTempFile> {
     builder.tempfile_in(dir)
 }
 
-/// Renames a finished temporary file (from [`temp_file_for`]) to `path`, replacing any file there.
+/// Syncs a finished temporary file (from [`temp_file_for`]) to disk and renames it to `path`,
+/// replacing any file there. The file is synced by path, not through the handle: a writer that
+/// wrote its own file at the temporary path (safetensors does) left the handle on the old one.
 pub fn persist(temp: NamedTempFile, path: &Path) -> std::io::Result<()> {
+    // Opened for writing (nothing is written): Windows flushes only handles with write access.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(temp.path())?
+        .sync_all()?;
     temp.persist(path).map(drop).map_err(|err| err.error)
 }
 
-/// Writes `path` atomically with what `fill` writes (through a buffer), syncing it to disk before
-/// the rename. An error from `fill` leaves the old file, or no file, in place.
+/// Writes `path` atomically with what `fill` writes (through a buffer); see [`persist`]. An error
+/// from `fill` leaves the old file, or no file, in place.
 pub fn write_with(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
@@ -48,7 +55,6 @@ pub fn write_with(
     let mut out = BufWriter::new(temp_file_for(path)?);
     fill(&mut out)?;
     let temp = out.into_inner().map_err(|err| err.into_error())?;
-    temp.as_file().sync_all()?;
     persist(temp, path)
 }
 

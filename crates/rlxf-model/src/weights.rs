@@ -238,7 +238,8 @@ pub fn save_safetensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Resul
         .map(|(name, tensor)| Ok((name.as_str(), tensor.contiguous()?)))
         .collect::<Result<_>>()?;
     // safetensors writes a temporary file of its own (owner-only) and renames it over the path it
-    // is given: ours. So the permissions are set again by path before our rename.
+    // is given: ours. So the permissions are set again by path before our rename, which also
+    // syncs the file by path.
     candle_core::safetensors::save(&contiguous, temp.path())?;
     std::fs::set_permissions(temp.path(), permissions).map_err(io_error)?;
     atomic_file::persist(temp, path).map_err(io_error)
