@@ -8,7 +8,8 @@
 //!   config as TOML text.
 //!
 //! A checkpoint is written into a temporary directory next to its final place and renamed, so a
-//! crash never leaves a half-written checkpoint where [`latest_checkpoint`] would find it.
+//! crash never leaves a half-written checkpoint where [`latest_checkpoint`] would find it. The
+//! temporary directory a crash does leave is removed when the run next saves a checkpoint.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,8 @@ const STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const MODEL_FILE: &str = "model.safetensors";
 const PREFIX: &str = "step-";
+/// Names of checkpoints being written (renamed to `step-…` when complete).
+const UNFINISHED_PREFIX: &str = ".tmp-";
 
 /// Where the data loader stands: the next batch starts at `index` of epoch `epoch`'s permutation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,8 +82,9 @@ pub fn save_checkpoint_with(
 ) -> Result<PathBuf> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(&parent).map_err(|err| TrainError::io(&parent, err))?;
+    remove_unfinished_checkpoints(&parent)?;
     let temp = tempfile::Builder::new()
-        .prefix(".tmp-")
+        .prefix(UNFINISHED_PREFIX)
         .tempdir_in(&parent)
         .map_err(|err| TrainError::io(&parent, err))?;
     model.save_pretrained(temp.path())?;
@@ -103,6 +107,25 @@ pub fn save_checkpoint_with(
         std::fs::remove_dir_all(&old).map_err(|err| TrainError::io(&old, err))?;
     }
     Ok(target)
+}
+
+/// Removes what runs that were killed while saving a checkpoint left in `parent`: each is as big as
+/// a checkpoint (gigabytes for a 125M model with its optimizer state), and nothing else would
+/// delete it. Only the run itself writes checkpoints into its folder, so none is still in use.
+fn remove_unfinished_checkpoints(parent: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(parent).map_err(|err| TrainError::io(parent, err))?;
+    for entry in entries {
+        let entry = entry.map_err(|err| TrainError::io(parent, err))?;
+        let unfinished = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(UNFINISHED_PREFIX));
+        if unfinished && entry.path().is_dir() {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|err| TrainError::io(&path, err))?;
+        }
+    }
+    Ok(())
 }
 
 /// Complete checkpoints of a run, oldest first, with their steps.

@@ -168,6 +168,41 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     assert_eq!(kept, vec![6, 8, 9]);
 }
 
+/// A run killed while saving a checkpoint leaves the checkpoint's temporary folder behind (gigabytes
+/// for a real model with its optimizer state); the next checkpoint the run saves removes it.
+#[test]
+fn a_checkpoint_cut_short_by_a_kill_is_removed_by_the_next_save() {
+    let dir = tempfile::tempdir().unwrap();
+    let unfinished = dir.path().join("checkpoints").join(".tmp-killed");
+    std::fs::create_dir_all(&unfinished).unwrap();
+    std::fs::write(unfinished.join("model.safetensors"), b"half of it").unwrap();
+    // Steps 1 to 3, saving at step 2 (`save_every`); the stop at step 3 saves nothing.
+    let stop = RunOptions {
+        resume: false,
+        stop_after_step: Some(3),
+    };
+    train(
+        &mut sft_objective(),
+        &loop_config(),
+        1.0,
+        dir.path(),
+        "",
+        &stop,
+        &mut Silent,
+    )
+    .unwrap();
+    assert!(
+        !unfinished.exists(),
+        "the unfinished checkpoint is still there"
+    );
+    let kept: Vec<u64> = list_checkpoints(dir.path())
+        .unwrap()
+        .into_iter()
+        .map(|(step, _)| step)
+        .collect();
+    assert_eq!(kept, vec![2]);
+}
+
 /// Every file of a run (config, metrics, the checkpoint's weights, optimizer state and trainer
 /// state, the final model) gets the permissions of a newly created file, not the owner-only ones of
 /// the temporary files it is written through: others who may read the run folder can read them.
