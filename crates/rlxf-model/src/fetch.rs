@@ -7,6 +7,11 @@
 //! directory with a manifest (`rlxf-fetch.json`) of every file's sha256: a second fetch verifies
 //! the files and returns at once. The directory appears only when complete (built in a temporary
 //! sibling, then renamed).
+//!
+//! Processes fetching the same model into the same cache take turns (a lock file beside the
+//! model's folder): the second waits and then finds the first's copy. The one holding the lock
+//! removes the temporary folders that interrupted fetches of that model left (hundreds of
+//! megabytes each).
 
 use std::fs::File;
 use std::io::Read;
@@ -176,21 +181,24 @@ pub fn fetch_model(
     report: &mut dyn FnMut(&str),
 ) -> Result<Fetched> {
     let dir = cached_model_dir(model, cache_root);
-    if dir.join(MANIFEST_FILE).is_file() {
-        match verify_cached(&dir) {
-            Ok(()) => {
-                return Ok(Fetched {
-                    dir,
-                    source: FetchSource::Cache,
-                })
-            }
-            Err(err) => report(&format!("cached copy is damaged ({err}); fetching again")),
-        }
+    // Checked before locking too: a cached model needs no write access to the cache.
+    if let Some(fetched) = verified_cache(&dir, report) {
+        return Ok(fetched);
     }
     std::fs::create_dir_all(cache_root).map_err(|source| io_error(cache_root, source))?;
+    let lock = lock_fetch(model, cache_root, report);
+    if lock.waited {
+        // The process this one waited for has probably fetched the model.
+        if let Some(fetched) = verified_cache(&dir, report) {
+            return Ok(fetched);
+        }
+    }
+    if lock.file.is_some() {
+        remove_abandoned_staging(model, cache_root)?;
+    }
     // A sibling of the final directory, so the closing rename stays on one file system.
     let staging = tempfile::Builder::new()
-        .prefix(&format!(".{}.partial-", model.name))
+        .prefix(&staging_prefix(model))
         .tempdir_in(cache_root)
         .map_err(|source| io_error(cache_root, source))?;
     let model_dir = staging.path().join("model");
@@ -228,6 +236,96 @@ pub fn fetch_model(
     }
     std::fs::rename(&model_dir, &dir).map_err(|source| io_error(&dir, source))?;
     Ok(Fetched { dir, source })
+}
+
+/// The cached copy of a model at `dir`, if there is one and its files match its manifest.
+fn verified_cache(dir: &Path, report: &mut dyn FnMut(&str)) -> Option<Fetched> {
+    if !dir.join(MANIFEST_FILE).is_file() {
+        return None;
+    }
+    match verify_cached(dir) {
+        Ok(()) => Some(Fetched {
+            dir: dir.to_path_buf(),
+            source: FetchSource::Cache,
+        }),
+        Err(err) => {
+            report(&format!("cached copy is damaged ({err}); fetching again"));
+            None
+        }
+    }
+}
+
+/// Names of the temporary folders a fetch of `model` builds in.
+fn staging_prefix(model: &RegisteredModel) -> String {
+    format!(".{}.partial-", model.name)
+}
+
+/// The lock of one model's fetches in one cache, held while `file` is open (the OS releases it if
+/// the process dies).
+struct FetchLock {
+    /// `None` on a file system without locks: the fetch goes ahead unlocked, as fetches did
+    /// before there were locks.
+    file: Option<File>,
+    /// Another process held the lock first.
+    waited: bool,
+}
+
+/// Locks `model`'s fetches in `cache_root`, waiting for another process that holds the lock.
+fn lock_fetch(
+    model: &RegisteredModel,
+    cache_root: &Path,
+    report: &mut dyn FnMut(&str),
+) -> FetchLock {
+    let path = cache_root.join(format!(".{}.lock", model.name));
+    let mut waited = false;
+    let locked = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .and_then(|file| match file.try_lock() {
+            Ok(()) => Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                report(&format!(
+                    "waiting for another process fetching {}",
+                    model.name
+                ));
+                waited = true;
+                file.lock().map(|()| file)
+            }
+            Err(std::fs::TryLockError::Error(err)) => Err(err),
+        });
+    let file = match locked {
+        Ok(file) => Some(file),
+        Err(err) => {
+            report(&format!(
+                "cannot lock {} ({err}); fetching without the lock",
+                path.display()
+            ));
+            None
+        }
+    };
+    FetchLock { file, waited }
+}
+
+/// Removes the temporary folders of fetches of `model` that were interrupted (a killed process
+/// leaves its folder). Call only while holding [`lock_fetch`]'s lock: no other fetch of the model
+/// is running then.
+fn remove_abandoned_staging(model: &RegisteredModel, cache_root: &Path) -> Result<()> {
+    let prefix = staging_prefix(model);
+    let entries = std::fs::read_dir(cache_root).map_err(|source| io_error(cache_root, source))?;
+    for entry in entries {
+        let entry = entry.map_err(|source| io_error(cache_root, source))?;
+        let abandoned = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(&prefix));
+        if abandoned && entry.path().is_dir() {
+            let path = entry.path();
+            std::fs::remove_dir_all(&path).map_err(|source| io_error(&path, source))?;
+        }
+    }
+    Ok(())
 }
 
 /// Copies the hub files of `model` (fetched into the hf-hub cache) into `model_dir`.
@@ -486,6 +584,56 @@ mod tests {
         std::fs::write(dir.path().join("model.safetensors"), b"tampered").unwrap();
         let err = verify_cached(dir.path()).unwrap_err();
         assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
+
+    #[test]
+    fn only_the_locked_models_abandoned_fetches_are_removed() {
+        let cache = tempfile::tempdir().unwrap();
+        let entries = [
+            ".smollm2-135m-instruct.partial-killed",
+            ".all-minilm-l6-v2.partial-running",
+            "smollm2-135m-instruct",
+        ];
+        for name in entries {
+            std::fs::create_dir_all(cache.path().join(name).join("model")).unwrap();
+        }
+        remove_abandoned_staging(&SMOLLM2_135M_INSTRUCT, cache.path()).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [entries[1], entries[2]]);
+    }
+
+    /// A second fetch of the same model waits for the first's lock (and says so), and gets it
+    /// once the first lets go.
+    #[test]
+    fn fetches_of_one_model_take_turns() {
+        let cache = tempfile::tempdir().unwrap();
+        let first = lock_fetch(&SMOLLM2_135M_INSTRUCT, cache.path(), &mut |_| {});
+        assert!(first.file.is_some() && !first.waited);
+        // Another model's fetches have a lock of their own.
+        let other = lock_fetch(&ALL_MINILM_L6_V2, cache.path(), &mut |_| {});
+        assert!(other.file.is_some() && !other.waited);
+
+        let (said, heard) = std::sync::mpsc::channel();
+        let root = cache.path().to_path_buf();
+        let second = std::thread::spawn(move || {
+            let lock = lock_fetch(&SMOLLM2_135M_INSTRUCT, &root, &mut |line| {
+                said.send(line.to_string()).unwrap()
+            });
+            (lock.file.is_some(), lock.waited)
+        });
+        // The second fetch reports waiting before it blocks; only then is the first let go.
+        assert_eq!(
+            heard
+                .recv()
+                .expect("the second fetch took the lock without waiting"),
+            "waiting for another process fetching smollm2-135m-instruct"
+        );
+        drop(first);
+        assert_eq!(second.join().unwrap(), (true, true));
     }
 
     #[test]
