@@ -181,7 +181,7 @@ pub fn fetch_model(
     report: &mut dyn FnMut(&str),
 ) -> Result<Fetched> {
     let dir = cached_model_dir(model, cache_root);
-    // Checked before locking too: a cached model needs no write access to the cache.
+    // Checked without the lock first: using a cached model needs no write access to the cache.
     if let Some(fetched) = verified_cache(&dir, report) {
         return Ok(fetched);
     }
