@@ -12,7 +12,7 @@
 //! path.
 
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
@@ -63,6 +63,29 @@ pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_with(path, |out| out.write_all(bytes))
 }
 
+/// Removes the folders directly inside `parent` whose names start with `prefix`: the temporary
+/// folders that writers building a folder before renaming it into place (a checkpoint, a fetched
+/// model) leave when they are killed. Call it only where no such writer can be running. On failure,
+/// the error comes with the path it is about.
+pub fn remove_abandoned_folders(
+    parent: &Path,
+    prefix: &str,
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let entries = std::fs::read_dir(parent).map_err(|err| (parent.to_path_buf(), err))?;
+    for entry in entries {
+        let entry = entry.map_err(|err| (parent.to_path_buf(), err))?;
+        let abandoned = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with(prefix));
+        let path = entry.path();
+        if abandoned && path.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(|err| (path, err))?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +131,24 @@ mod tests {
         let err = write(&path, b"x").unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn only_folders_with_the_prefix_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for folder in [".tmp-killed/inner", ".tmp-other", "kept/.tmp-nested"] {
+            std::fs::create_dir_all(dir.path().join(folder)).unwrap();
+        }
+        std::fs::write(dir.path().join(".tmp-file"), b"a file, not a folder").unwrap();
+        remove_abandoned_folders(dir.path(), ".tmp-").unwrap();
+        let mut left = other_entries(dir.path(), "");
+        left.sort();
+        assert_eq!(left, [".tmp-file", "kept"]);
+        assert!(dir.path().join("kept/.tmp-nested").is_dir());
+        let (path, err) =
+            remove_abandoned_folders(&dir.path().join("absent"), ".tmp-").unwrap_err();
+        assert_eq!(path, dir.path().join("absent"));
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
 
     /// The written file has the permissions of a file made by `File::create` in the same folder

@@ -309,23 +309,11 @@ fn lock_fetch(
 }
 
 /// Removes the temporary folders of fetches of `model` that were interrupted (a killed process
-/// leaves its folder). Call only while holding [`lock_fetch`]'s lock: no other fetch of the model
-/// is running then.
+/// leaves its folder, hundreds of megabytes). Call only while holding [`lock_fetch`]'s lock: no
+/// other fetch of the model is running then.
 fn remove_abandoned_staging(model: &RegisteredModel, cache_root: &Path) -> Result<()> {
-    let prefix = staging_prefix(model);
-    let entries = std::fs::read_dir(cache_root).map_err(|source| io_error(cache_root, source))?;
-    for entry in entries {
-        let entry = entry.map_err(|source| io_error(cache_root, source))?;
-        let abandoned = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.starts_with(&prefix));
-        if abandoned && entry.path().is_dir() {
-            let path = entry.path();
-            std::fs::remove_dir_all(&path).map_err(|source| io_error(&path, source))?;
-        }
-    }
-    Ok(())
+    rlxf_data::atomic_file::remove_abandoned_folders(cache_root, &staging_prefix(model))
+        .map_err(|(path, source)| io_error(&path, source))
 }
 
 /// Copies the hub files of `model` (fetched into the hf-hub cache) into `model_dir`.

@@ -82,7 +82,11 @@ pub fn save_checkpoint_with(
 ) -> Result<PathBuf> {
     let parent = run_dir.join(CHECKPOINTS_DIR);
     std::fs::create_dir_all(&parent).map_err(|err| TrainError::io(&parent, err))?;
-    remove_unfinished_checkpoints(&parent)?;
+    // What runs killed while saving left here is as big as a checkpoint (gigabytes for a 125M
+    // model with its optimizer state), and nothing else would delete it. Only the run itself
+    // writes checkpoints into its folder, so none of it is in use.
+    rlxf_data::atomic_file::remove_abandoned_folders(&parent, UNFINISHED_PREFIX)
+        .map_err(|(path, err)| TrainError::io(path, err))?;
     let temp = tempfile::Builder::new()
         .prefix(UNFINISHED_PREFIX)
         .tempdir_in(&parent)
@@ -107,25 +111,6 @@ pub fn save_checkpoint_with(
         std::fs::remove_dir_all(&old).map_err(|err| TrainError::io(&old, err))?;
     }
     Ok(target)
-}
-
-/// Removes what runs that were killed while saving a checkpoint left in `parent`: each is as big as
-/// a checkpoint (gigabytes for a 125M model with its optimizer state), and nothing else would
-/// delete it. Only the run itself writes checkpoints into its folder, so none is still in use.
-fn remove_unfinished_checkpoints(parent: &Path) -> Result<()> {
-    let entries = std::fs::read_dir(parent).map_err(|err| TrainError::io(parent, err))?;
-    for entry in entries {
-        let entry = entry.map_err(|err| TrainError::io(parent, err))?;
-        let unfinished = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.starts_with(UNFINISHED_PREFIX));
-        if unfinished && entry.path().is_dir() {
-            let path = entry.path();
-            std::fs::remove_dir_all(&path).map_err(|err| TrainError::io(&path, err))?;
-        }
-    }
-    Ok(())
 }
 
 /// Complete checkpoints of a run, oldest first, with their steps.

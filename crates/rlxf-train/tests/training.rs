@@ -15,7 +15,7 @@ use rlxf_train::reward::RewardObjective;
 use rlxf_train::setup::{encode_pairs, EncodedPair, Lengths, ModelBundle};
 use rlxf_train::sft::{SftExample, SftObjective};
 use rlxf_train::trainer::MicroBatchOutput;
-use rlxf_train::{train, LoopConfig, Objective, RunOptions, Silent, TrainError};
+use rlxf_train::{train, LoopConfig, Objective, RunOptions, Silent, TrainError, TrainSummary};
 
 const PAD: u32 = 50256;
 
@@ -79,6 +79,25 @@ fn weights(model: &LoadedModel) -> Vec<(String, Vec<f64>)> {
     all
 }
 
+/// A fresh SFT run into `run_dir` that stops right after step `last_step`, as a kill then would:
+/// nothing is saved for that step.
+fn sft_stopped_after(run_dir: &Path, config: &LoopConfig, last_step: u64) -> TrainSummary {
+    let stop = RunOptions {
+        resume: false,
+        stop_after_step: Some(last_step),
+    };
+    train(
+        &mut sft_objective(),
+        config,
+        1.0,
+        run_dir,
+        "",
+        &stop,
+        &mut Silent,
+    )
+    .unwrap()
+}
+
 #[test]
 fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
     let config = loop_config();
@@ -102,20 +121,7 @@ fn resumed_run_is_bit_identical_to_an_uninterrupted_one() {
         .is_file());
 
     let dir = tempfile::tempdir().unwrap();
-    let stop = RunOptions {
-        resume: false,
-        stop_after_step: Some(5),
-    };
-    let stopped = train(
-        &mut sft_objective(),
-        &config,
-        1.0,
-        dir.path(),
-        "",
-        &stop,
-        &mut Silent,
-    )
-    .unwrap();
+    let stopped = sft_stopped_after(dir.path(), &config, 5);
     assert_eq!(stopped.steps, 5);
     assert_eq!(
         stopped.checkpoint.unwrap(),
@@ -176,21 +182,8 @@ fn a_checkpoint_cut_short_by_a_kill_is_removed_by_the_next_save() {
     let unfinished = dir.path().join("checkpoints").join(".tmp-killed");
     std::fs::create_dir_all(&unfinished).unwrap();
     std::fs::write(unfinished.join("model.safetensors"), b"half of it").unwrap();
-    // Steps 1 to 3, saving at step 2 (`save_every`); the stop at step 3 saves nothing.
-    let stop = RunOptions {
-        resume: false,
-        stop_after_step: Some(3),
-    };
-    train(
-        &mut sft_objective(),
-        &loop_config(),
-        1.0,
-        dir.path(),
-        "",
-        &stop,
-        &mut Silent,
-    )
-    .unwrap();
+    // Steps 1 to 3, saving at step 2 (`save_every`).
+    sft_stopped_after(dir.path(), &loop_config(), 3);
     assert!(
         !unfinished.exists(),
         "the unfinished checkpoint is still there"
