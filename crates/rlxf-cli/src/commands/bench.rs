@@ -17,7 +17,6 @@ use rlxf_model::{
     generate, token_logprobs_from_hidden, CausalLm, GenerationConfig, GptNeoConfig, LoadedModel,
     ModelConfig, Tokenizer,
 };
-use rlxf_train::checkpoint::write_atomic;
 use rlxf_train::dpo::{reference_logprobs, DpoObjective};
 use rlxf_train::losses::DpoLossConfig;
 use rlxf_train::optim::{named_params, AdamW, AdamWConfig};
@@ -232,7 +231,8 @@ fn write_results(out: &Path, rounds: &[Round], args: &BenchArgs, ctx: &Ctx) -> a
             }
         }
     }
-    write_atomic(out, lines.as_bytes()).with_context(|| format!("writing {}", out.display()))
+    rlxf_data::atomic_file::write(out, lines.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))
 }
 
 /// One round's measurements: every rlxf workload in its own child process, then the reference.
